@@ -1,1 +1,14 @@
-//! placeholder
+//! Seam's wire contract: the gRPC services and messages of `seam.proto`, shared by the
+//! node and the client SDK.
+//!
+//! The generated code lives in [`v1`]; helpers for the error details that travel in a
+//! `tonic::Status` live in [`status`].
+
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod v1 {
+    tonic::include_proto!("seam.v1");
+}
+
+pub mod status;
+
+pub use v1::*;
