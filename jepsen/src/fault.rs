@@ -154,10 +154,8 @@ mod tests {
             nemesis(6, 70, "stop-skew", Value::Null),
         ];
         let windows = fault_windows(&ops);
-        let summary: Vec<(&str, u64, Option<u64>, bool)> = windows
-            .iter()
-            .map(|w| (w.kind.as_str(), w.start_ns, w.end_ns, w.point))
-            .collect();
+        let summary: Vec<(&str, u64, Option<u64>, bool)> =
+            windows.iter().map(|w| (w.kind.as_str(), w.start_ns, w.end_ns, w.point)).collect();
         assert_eq!(
             summary,
             vec![

@@ -412,31 +412,19 @@ impl Validator {
                 ));
             }
             if let Some((f, _)) = self.open.get(&process) {
-                return Err(format!(
-                    "process {process} invokes {} while its {f} is outstanding",
-                    op.f
-                ));
+                return Err(format!("process {process} invokes {} while its {f} is outstanding", op.f));
             }
             self.open.insert(process, (op.f.clone(), op.key.clone()));
             return Ok(());
         }
         let Some((f, key)) = self.open.remove(&process) else {
-            return Err(format!(
-                "{:?} completion by process {process} with no outstanding invoke",
-                op.kind
-            ));
+            return Err(format!("{:?} completion by process {process} with no outstanding invoke", op.kind));
         };
         if op.f != f {
-            return Err(format!(
-                "process {process} completes {} but invoked {f}",
-                op.f
-            ));
+            return Err(format!("process {process} completes {} but invoked {f}", op.f));
         }
         if op.key.is_some() && op.key != key {
-            return Err(format!(
-                "process {process} completes key {:?} but invoked key {:?}",
-                op.key, key
-            ));
+            return Err(format!("process {process} completes key {:?} but invoked key {:?}", op.key, key));
         }
         if op.kind == OpType::Info {
             self.retired.insert(process);
@@ -460,22 +448,14 @@ pub struct HistoryReader<R> {
 impl<R: BufRead> HistoryReader<R> {
     /// Reads from `inner`.
     pub fn new(inner: R) -> Self {
-        HistoryReader {
-            inner,
-            line: 0,
-            buf: Vec::new(),
-            validator: Validator::default(),
-            done: false,
-        }
+        HistoryReader { inner, line: 0, buf: Vec::new(), validator: Validator::default(), done: false }
     }
 
     fn read_op(&mut self) -> Option<Result<Op, HistoryError>> {
         self.buf.clear();
         let line = self.line + 1;
         let limit = LINE_BYTES_MAX as u64 + 1; // room for the newline
-        let read = (&mut self.inner)
-            .take(limit)
-            .read_until(b'\n', &mut self.buf);
+        let read = (&mut self.inner).take(limit).read_until(b'\n', &mut self.buf);
         match read {
             Err(source) => return Some(Err(HistoryError::Read { line, source })),
             Ok(0) => return None,
@@ -488,10 +468,7 @@ impl<R: BufRead> HistoryReader<R> {
                 self.buf.pop();
             }
         } else if self.buf.len() > LINE_BYTES_MAX {
-            return Some(Err(HistoryError::LineTooLong {
-                line,
-                bytes_max: LINE_BYTES_MAX,
-            }));
+            return Some(Err(HistoryError::LineTooLong { line, bytes_max: LINE_BYTES_MAX }));
         }
         if self.buf.iter().all(u8::is_ascii_whitespace) {
             return Some(Err(HistoryError::Invalid {
@@ -532,10 +509,7 @@ pub fn read_history<R: BufRead>(reader: R) -> Result<Vec<Op>, HistoryError> {
 
 /// Reads a whole history file.
 pub fn read_history_file(path: &Path) -> Result<Vec<Op>, HistoryError> {
-    let file = File::open(path).map_err(|source| HistoryError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = File::open(path).map_err(|source| HistoryError::Open { path: path.to_path_buf(), source })?;
     read_history(BufReader::new(file))
 }
 
@@ -552,11 +526,7 @@ pub struct HistoryWriter<W: Write> {
 impl<W: Write> HistoryWriter<W> {
     /// Writes to `inner`.
     pub fn new(inner: W) -> Self {
-        HistoryWriter {
-            inner,
-            validator: Validator::default(),
-            buf: Vec::new(),
-        }
+        HistoryWriter { inner, validator: Validator::default(), buf: Vec::new() }
     }
 
     /// The index the next op must carry.
@@ -570,26 +540,17 @@ impl<W: Write> HistoryWriter<W> {
         self.buf.clear();
         serde_json::to_writer(&mut self.buf, op).map_err(|source| HistoryError::Json { line, source })?;
         if self.buf.len() > LINE_BYTES_MAX {
-            return Err(HistoryError::LineTooLong {
-                line,
-                bytes_max: LINE_BYTES_MAX,
-            });
+            return Err(HistoryError::LineTooLong { line, bytes_max: LINE_BYTES_MAX });
         }
-        self.validator
-            .push(op)
-            .map_err(|reason| HistoryError::Invalid { line, reason })?;
+        self.validator.push(op).map_err(|reason| HistoryError::Invalid { line, reason })?;
         self.buf.push(b'\n');
-        self.inner
-            .write_all(&self.buf)
-            .map_err(|source| HistoryError::Write { line, source })
+        self.inner.write_all(&self.buf).map_err(|source| HistoryError::Write { line, source })
     }
 
     /// Flushes the underlying writer.
     pub fn flush(&mut self) -> Result<(), HistoryError> {
         let line = self.validator.next_index;
-        self.inner
-            .flush()
-            .map_err(|source| HistoryError::Write { line, source })
+        self.inner.flush().map_err(|source| HistoryError::Write { line, source })
     }
 
     /// The underlying writer.
@@ -600,10 +561,8 @@ impl<W: Write> HistoryWriter<W> {
 
 /// Writes a whole history to `path`, replacing the file.
 pub fn write_history_file(path: &Path, ops: &[Op]) -> Result<(), HistoryError> {
-    let file = File::create(path).map_err(|source| HistoryError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file =
+        File::create(path).map_err(|source| HistoryError::Open { path: path.to_path_buf(), source })?;
     let mut writer = HistoryWriter::new(std::io::BufWriter::new(file));
     for op in ops {
         writer.write(op)?;
@@ -625,9 +584,7 @@ pub fn pair(ops: &[Op]) -> Result<Vec<Operation>, HistoryError> {
     let mut open: HashMap<u64, usize> = HashMap::new();
     for op in ops {
         let line = op.index.saturating_add(1);
-        validator
-            .push(op)
-            .map_err(|reason| HistoryError::Invalid { line, reason })?;
+        validator.push(op).map_err(|reason| HistoryError::Invalid { line, reason })?;
         let Process::Client(process) = op.process else {
             continue;
         };
@@ -654,9 +611,8 @@ pub fn pair(ops: &[Op]) -> Result<Vec<Operation>, HistoryError> {
             OpType::Fail => Outcome::Fail,
             OpType::Info => Outcome::Info,
         };
-        let position = open
-            .remove(&process)
-            .expect("the validator admits a completion only for an open invoke");
+        let position =
+            open.remove(&process).expect("the validator admits a completion only for an open invoke");
         let operation = &mut paired[position];
         operation.outcome = outcome;
         operation.complete_index = Some(op.index);
@@ -690,9 +646,7 @@ mod tests {
     }
 
     fn to_text(ops: &[Op]) -> String {
-        ops.iter()
-            .map(|op| serde_json::to_string(op).expect("op serializes") + "\n")
-            .collect()
+        ops.iter().map(|op| serde_json::to_string(op).expect("op serializes") + "\n").collect()
     }
 
     #[test]
@@ -775,14 +729,8 @@ mod tests {
     fn invariants_are_enforced() {
         let c1 = Process::Client(1);
         let cases: Vec<(Vec<Op>, &str)> = vec![
-            (
-                vec![op(1, c1, OpType::Invoke, "read", Value::Null)],
-                "dense",
-            ),
-            (
-                vec![op(0, c1, OpType::Ok, "read", Value::Null)],
-                "no outstanding invoke",
-            ),
+            (vec![op(1, c1, OpType::Invoke, "read", Value::Null)], "dense"),
+            (vec![op(0, c1, OpType::Ok, "read", Value::Null)], "no outstanding invoke"),
             (
                 vec![
                     op(0, c1, OpType::Invoke, "read", Value::Null),
@@ -805,20 +753,11 @@ mod tests {
                 ],
                 "fresh process id",
             ),
-            (
-                vec![op(0, Process::Nemesis, OpType::Invoke, "kill", Value::Null)],
-                "nemesis",
-            ),
+            (vec![op(0, Process::Nemesis, OpType::Invoke, "kill", Value::Null)], "nemesis"),
             (
                 vec![
-                    Op {
-                        time_ns: 100,
-                        ..op(0, c1, OpType::Invoke, "read", Value::Null)
-                    },
-                    Op {
-                        time_ns: 50,
-                        ..op(1, c1, OpType::Ok, "read", Value::Null)
-                    },
+                    Op { time_ns: 100, ..op(0, c1, OpType::Invoke, "read", Value::Null) },
+                    Op { time_ns: 50, ..op(1, c1, OpType::Ok, "read", Value::Null) },
                 ],
                 "monotonic",
             ),

@@ -1,2 +1,4 @@
 //! todo
-pub fn check(_: &[crate::history::Operation]) -> Result<super::CheckResult, super::CheckError> { todo!() }
+pub fn check(_: &[crate::history::Operation]) -> Result<super::CheckResult, super::CheckError> {
+    todo!()
+}

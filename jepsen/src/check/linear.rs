@@ -121,14 +121,10 @@ impl LinearConfig {
     /// Refuses bounds that make no sense.
     pub fn validate(&self) -> Result<(), CheckError> {
         if self.search_states_max == 0 {
-            return Err(CheckError::Parameter(
-                "search_states_max must be at least 1".to_string(),
-            ));
+            return Err(CheckError::Parameter("search_states_max must be at least 1".to_string()));
         }
         if self.threads_max == 0 {
-            return Err(CheckError::Parameter(
-                "threads_max must be at least 1".to_string(),
-            ));
+            return Err(CheckError::Parameter("threads_max must be at least 1".to_string()));
         }
         Ok(())
     }
@@ -182,8 +178,8 @@ fn parse(op: &Operation) -> Result<Option<RegOp<'_>>, CheckError> {
                     format!("a cas's value must be [from, to], got {}", op.invoke_value),
                 ));
             };
-            let from = schema::int_or_null(from, "cas from")
-                .map_err(|reason| CheckError::schema(op, reason))?;
+            let from =
+                schema::int_or_null(from, "cas from").map_err(|reason| CheckError::schema(op, reason))?;
             let to = schema::int(to, "cas to").map_err(|reason| CheckError::schema(op, reason))?;
             Call::Cas(from, to)
         }
@@ -197,11 +193,7 @@ fn parse(op: &Operation) -> Result<Option<RegOp<'_>>, CheckError> {
     if op.outcome == Outcome::Fail {
         return Ok(None);
     }
-    Ok(Some(RegOp {
-        op,
-        call,
-        definite: op.outcome == Outcome::Ok,
-    }))
+    Ok(Some(RegOp { op, call, definite: op.outcome == Outcome::Ok }))
 }
 
 /// Checks every key's register history for linearizability.
@@ -267,8 +259,7 @@ fn check_keys(keys: &[(&str, Vec<RegOp<'_>>)], config: &LinearConfig) -> Vec<Key
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = config.threads_max.min(cores).min(keys.len()).max(1);
     let next = AtomicUsize::new(0);
-    let verdicts: Mutex<Vec<Option<KeyVerdict>>> =
-        Mutex::new((0..keys.len()).map(|_| None).collect());
+    let verdicts: Mutex<Vec<Option<KeyVerdict>>> = Mutex::new((0..keys.len()).map(|_| None).collect());
     let work = || loop {
         let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
             break;
@@ -294,20 +285,9 @@ fn check_keys(keys: &[(&str, Vec<RegOp<'_>>)], config: &LinearConfig) -> Vec<Key
         .collect()
 }
 
-fn check_key(
-    key: &str,
-    ops: &[RegOp<'_>],
-    config: &LinearConfig,
-    check_deadline: Instant,
-) -> KeyVerdict {
+fn check_key(key: &str, ops: &[RegOp<'_>], config: &LinearConfig, check_deadline: Instant) -> KeyVerdict {
     if let Some(anomaly) = read_of_unwritten(key, ops) {
-        return KeyVerdict {
-            outcome: KeyOutcome::Violation {
-                anomaly,
-                precheck: true,
-            },
-            states: 0,
-        };
+        return KeyVerdict { outcome: KeyOutcome::Violation { anomaly, precheck: true }, states: 0 };
     }
     let now = Instant::now();
     if now >= check_deadline {
@@ -326,10 +306,9 @@ fn check_key(
     let states = search.cache.len() as u64;
     let outcome = match result {
         SearchResult::Linearizable => KeyOutcome::Linearizable,
-        SearchResult::NotLinearizable => KeyOutcome::Violation {
-            anomaly: explain(key, ops, &search.blame),
-            precheck: false,
-        },
+        SearchResult::NotLinearizable => {
+            KeyOutcome::Violation { anomaly: explain(key, ops, &search.blame), precheck: false }
+        }
         SearchResult::StatesExhausted => KeyOutcome::GaveUp(format!(
             "key {key:?}: search gave up after {states} states \
              (search_states_max) over {} operations",
@@ -358,9 +337,7 @@ fn read_of_unwritten(key: &str, ops: &[RegOp<'_>]) -> Option<Anomaly> {
         Call::Read(Some(v)) => !written.contains(&v),
         _ => false,
     })?;
-    let Call::Read(Some(value)) = read.call else {
-        unreachable!("found by matching Read(Some)")
-    };
+    let Call::Read(Some(value)) = read.call else { unreachable!("found by matching Read(Some)") };
     Some(Anomaly::new(
         AnomalyKind::Nonlinearizable,
         Some(key),
@@ -421,11 +398,7 @@ impl<'o, 'a> Search<'o, 'a> {
         let mut order: Vec<(u64, usize, bool)> = Vec::with_capacity(2 * ops.len());
         for (i, r) in ops.iter().enumerate() {
             order.push((r.op.invoke_index, i, true));
-            let end = if r.definite {
-                r.op.return_index()
-            } else {
-                u64::MAX
-            };
+            let end = if r.definite { r.op.return_index() } else { u64::MAX };
             order.push((end, i, false));
         }
         // Positions of distinct events differ, except the +infinity ones,
@@ -455,12 +428,7 @@ impl<'o, 'a> Search<'o, 'a> {
         for event in events.iter_mut().skip(1).filter(|e| e.is_call) {
             event.partner = return_slot[event.op];
         }
-        Search {
-            ops,
-            events,
-            cache: HashSet::new(),
-            blame: None,
-        }
+        Search { ops, events, cache: HashSet::new(), blame: None }
     }
 
     fn unlink(&mut self, slot: usize) {
@@ -555,9 +523,7 @@ impl<'o, 'a> Search<'o, 'a> {
         match &mut self.blame {
             Some(blame) if depth < blame.depth => {}
             Some(blame) if depth == blame.depth => {
-                if blame.op == op
-                    && blame.values.len() < EXPLAIN_STATES_MAX
-                    && !blame.values.contains(&value)
+                if blame.op == op && blame.values.len() < EXPLAIN_STATES_MAX && !blame.values.contains(&value)
                 {
                     blame.values.push(value);
                 }
@@ -591,12 +557,7 @@ fn explain(key: &str, ops: &[RegOp<'_>], blame: &Option<Blame>) -> Anomaly {
         );
     };
     let culprit = ops[blame.op];
-    let values = blame
-        .values
-        .iter()
-        .map(|v| show_value(*v))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let values = blame.values.iter().map(|v| show_value(*v)).collect::<Vec<_>>().join(", ");
     let problem = match culprit.call {
         Call::Read(seen) => format!("it returned {}", show_value(seen)),
         Call::Cas(from, _) => format!("it succeeded, so the register held {}", show_value(from)),
@@ -634,16 +595,9 @@ fn explain(key: &str, ops: &[RegOp<'_>], blame: &Option<Blame>) -> Anomaly {
     if concurrent.is_empty() {
         text.push_str(" No operation was concurrent with it.");
     } else {
-        let shown: Vec<String> = concurrent
-            .iter()
-            .take(EXPLAIN_CONCURRENT_MAX)
-            .map(|op| describe(op))
-            .collect();
-        text.push_str(&format!(
-            " Concurrent with it ({}): {}",
-            concurrent.len(),
-            shown.join("; ")
-        ));
+        let shown: Vec<String> =
+            concurrent.iter().take(EXPLAIN_CONCURRENT_MAX).map(|op| describe(op)).collect();
+        text.push_str(&format!(" Concurrent with it ({}): {}", concurrent.len(), shown.join("; ")));
         if concurrent.len() > EXPLAIN_CONCURRENT_MAX {
             text.push_str(&format!("; and {} more", concurrent.len() - EXPLAIN_CONCURRENT_MAX));
         }
@@ -900,13 +854,8 @@ mod tests {
 
     #[test]
     fn keys_are_independent() {
-        let mut ops = super::script::history_on(
-            "a",
-            &[
-                (1, "invoke", "write", json!(1)),
-                (1, "ok", "write", json!(1)),
-            ],
-        );
+        let mut ops =
+            super::script::history_on("a", &[(1, "invoke", "write", json!(1)), (1, "ok", "write", json!(1))]);
         // A read of 1 on key b is a read of a value never written to b.
         let b = super::script::history_on(
             "b",
@@ -960,10 +909,7 @@ mod tests {
 
     #[test]
     fn hitting_the_state_bound_is_unknown_never_valid() {
-        let config = LinearConfig {
-            search_states_max: 2_000,
-            ..LinearConfig::default()
-        };
+        let config = LinearConfig { search_states_max: 2_000, ..LinearConfig::default() };
         let result = check(&pathological(16), &config).expect("well formed");
         match &result.valid {
             Validity::Unknown { reason } => {
@@ -976,10 +922,7 @@ mod tests {
 
     #[test]
     fn hitting_the_time_bound_is_unknown_never_valid() {
-        let config = LinearConfig {
-            key_check_ms_max: 0,
-            ..LinearConfig::default()
-        };
+        let config = LinearConfig { key_check_ms_max: 0, ..LinearConfig::default() };
         let result = check(&pathological(16), &config).expect("well formed");
         match &result.valid {
             Validity::Unknown { reason } => assert!(reason.contains("ms"), "{reason}"),
@@ -995,10 +938,7 @@ mod tests {
 
     #[test]
     fn bad_config_is_refused() {
-        let config = LinearConfig {
-            threads_max: 0,
-            ..LinearConfig::default()
-        };
+        let config = LinearConfig { threads_max: 0, ..LinearConfig::default() };
         assert!(check(&[], &config).is_err());
     }
 }

@@ -75,12 +75,8 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in a stable order.
-    pub const ALL: [Workload; 4] = [
-        Workload::Register,
-        Workload::Lease,
-        Workload::Idempotent,
-        Workload::Relaxed,
-    ];
+    pub const ALL: [Workload; 4] =
+        [Workload::Register, Workload::Lease, Workload::Idempotent, Workload::Relaxed];
 
     /// The workload's name, as on the command line.
     pub fn as_str(self) -> &'static str {
@@ -178,12 +174,7 @@ impl CheckError {
     }
 
     fn schema_at(op: &Operation, index: u64, reason: impl Into<String>) -> Self {
-        CheckError::Schema {
-            line: index.saturating_add(1),
-            index,
-            f: op.f.clone(),
-            reason: reason.into(),
-        }
+        CheckError::Schema { line: index.saturating_add(1), index, f: op.f.clone(), reason: reason.into() }
     }
 }
 
@@ -217,9 +208,7 @@ impl Validity {
         match (self, other) {
             (Validity::Invalid, _) | (_, Validity::Invalid) => Validity::Invalid,
             (Validity::Unknown { reason: a }, Validity::Unknown { reason: b }) => {
-                Validity::Unknown {
-                    reason: format!("{a}; {b}"),
-                }
+                Validity::Unknown { reason: format!("{a}; {b}") }
             }
             (unknown @ Validity::Unknown { .. }, Validity::Valid)
             | (Validity::Valid, unknown @ Validity::Unknown { .. }) => unknown,
@@ -341,11 +330,7 @@ impl Anomaly {
             key: key.map(str::to_string),
             at_ns: ops.first().map_or(0, |op| op.invoke_ns),
             explanation,
-            ops: ops
-                .iter()
-                .take(ANOMALY_OPS_MAX)
-                .map(|op| (*op).clone())
-                .collect(),
+            ops: ops.iter().take(ANOMALY_OPS_MAX).map(|op| (*op).clone()).collect(),
         }
     }
 
@@ -422,19 +407,11 @@ impl CheckResult {
         let valid = if anomaly_count > 0 {
             Validity::Invalid
         } else if !unknown.is_empty() {
-            Validity::Unknown {
-                reason: summarize_reasons(unknown),
-            }
+            Validity::Unknown { reason: summarize_reasons(unknown) }
         } else {
             Validity::Valid
         };
-        CheckResult {
-            checker: checker.to_string(),
-            valid,
-            counts,
-            anomaly_count,
-            anomalies,
-        }
+        CheckResult { checker: checker.to_string(), valid, counts, anomaly_count, anomalies }
     }
 
     /// The first (earliest) anomaly, if any.
@@ -447,32 +424,19 @@ impl CheckResult {
 const UNKNOWN_REASONS_SHOWN_MAX: usize = 3;
 
 fn summarize_reasons(reasons: &[String]) -> String {
-    let mut text = reasons
-        .iter()
-        .take(UNKNOWN_REASONS_SHOWN_MAX)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join("; ");
+    let mut text = reasons.iter().take(UNKNOWN_REASONS_SHOWN_MAX).cloned().collect::<Vec<_>>().join("; ");
     if reasons.len() > UNKNOWN_REASONS_SHOWN_MAX {
-        text.push_str(&format!(
-            "; and {} more",
-            reasons.len() - UNKNOWN_REASONS_SHOWN_MAX
-        ));
+        text.push_str(&format!("; and {} more", reasons.len() - UNKNOWN_REASONS_SHOWN_MAX));
     }
     text
 }
 
 /// Groups operations by key, in key order; operations keep history order.
 /// An operation with no key is a schema error: every workload is per key.
-pub(crate) fn by_key(
-    operations: &[Operation],
-) -> Result<BTreeMap<&str, Vec<&Operation>>, CheckError> {
+pub(crate) fn by_key(operations: &[Operation]) -> Result<BTreeMap<&str, Vec<&Operation>>, CheckError> {
     let mut keys: BTreeMap<&str, Vec<&Operation>> = BTreeMap::new();
     for op in operations {
-        let key = op
-            .key
-            .as_deref()
-            .ok_or_else(|| CheckError::schema(op, "operation has no key"))?;
+        let key = op.key.as_deref().ok_or_else(|| CheckError::schema(op, "operation has no key"))?;
         keys.entry(key).or_default().push(op);
     }
     Ok(keys)
@@ -489,9 +453,7 @@ pub(crate) mod schema {
 
     /// An integer value, or an error naming what was expected.
     pub(crate) fn int(value: &Value, what: &str) -> Result<i64, String> {
-        value
-            .as_i64()
-            .ok_or_else(|| format!("{what} must be an integer, got {value}"))
+        value.as_i64().ok_or_else(|| format!("{what} must be an integer, got {value}"))
     }
 
     /// An integer or null.
@@ -504,18 +466,15 @@ pub(crate) mod schema {
     }
 
     fn object_field<'a>(value: &'a Value, name: &str) -> Result<&'a Value, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| format!("value must be an object with {name:?}, got {value}"))?;
+        let object =
+            value.as_object().ok_or_else(|| format!("value must be an object with {name:?}, got {value}"))?;
         Ok(object.get(name).unwrap_or(&Value::Null))
     }
 
     /// Field `name` of an object value, as a non-negative integer.
     pub(crate) fn field_u64(value: &Value, name: &str) -> Result<u64, String> {
         let field = object_field(value, name)?;
-        field
-            .as_u64()
-            .ok_or_else(|| format!("{name:?} must be a non-negative integer, got {field}"))
+        field.as_u64().ok_or_else(|| format!("{name:?} must be a non-negative integer, got {field}"))
     }
 
     /// Field `name` of an object value, as a non-negative integer or null/absent.
@@ -543,20 +502,14 @@ pub(crate) mod schema {
     /// Field `name` of an object value, as a string.
     pub(crate) fn field_str<'a>(value: &'a Value, name: &str) -> Result<&'a str, String> {
         let field = object_field(value, name)?;
-        field
-            .as_str()
-            .ok_or_else(|| format!("{name:?} must be a string, got {field}"))
+        field.as_str().ok_or_else(|| format!("{name:?} must be a string, got {field}"))
     }
 }
 
 /// A short readable description of an operation for explanations, e.g.
 /// `write 3 ok by process 4 at 1.200000s..1.250000s`.
 pub(crate) fn describe(op: &Operation) -> String {
-    let argument = if op.invoke_value.is_null() {
-        String::new()
-    } else {
-        format!(" {}", op.invoke_value)
-    };
+    let argument = if op.invoke_value.is_null() { String::new() } else { format!(" {}", op.invoke_value) };
     let result = match (op.outcome, &op.value) {
         (Outcome::Ok, Value::Null) => String::new(),
         (Outcome::Ok, value) => format!(" -> {value}"),
@@ -566,11 +519,7 @@ pub(crate) fn describe(op: &Operation) -> String {
         (Outcome::Info, _) | (_, None) => "?".to_string(),
         (_, Some(ns)) => seconds(ns),
     };
-    let error = op
-        .error
-        .as_deref()
-        .map(|e| format!(" ({e})"))
-        .unwrap_or_default();
+    let error = op.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default();
     format!(
         "{}{argument}{result} {}{error} by process {} at {}..{end}",
         op.f,
@@ -617,17 +566,11 @@ mod tests {
 
     #[test]
     fn validity_combines_and_serializes_flat() {
-        let unknown = Validity::Unknown {
-            reason: "bound".to_string(),
-        };
+        let unknown = Validity::Unknown { reason: "bound".to_string() };
         assert_eq!(Validity::Valid.and(unknown.clone()), unknown);
         assert_eq!(unknown.clone().and(Validity::Invalid), Validity::Invalid);
-        let result = CheckResult::new(
-            "linear",
-            Counts::default(),
-            AnomalyLog::default(),
-            &["bound".to_string()],
-        );
+        let result =
+            CheckResult::new("linear", Counts::default(), AnomalyLog::default(), &["bound".to_string()]);
         let json = serde_json::to_value(&result).expect("serializes");
         assert_eq!(json["verdict"], "unknown");
         assert_eq!(json["reason"], "bound");
