@@ -54,9 +54,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::{
-    by_key, describe, schema, Anomaly, AnomalyKind, AnomalyLog, CheckError, CheckResult, Counts,
-};
+use super::schema::Located;
+use super::{by_key, describe, schema, Anomaly, AnomalyKind, AnomalyLog, CheckError, CheckResult, Counts};
 use crate::history::{Operation, Outcome};
 
 /// An ok acquire.
@@ -99,16 +98,14 @@ struct KeyOps<'a> {
 fn parse_key<'a>(ops: &[&'a Operation]) -> Result<KeyOps<'a>, CheckError> {
     let mut parsed = KeyOps::default();
     for &op in ops {
-        let invoke = |r: Result<_, String>| r.map_err(|reason| CheckError::schema(op, reason));
-        let result = |r: Result<_, String>| r.map_err(|reason| CheckError::schema_result(op, reason));
         match op.f.as_str() {
             "acquire" => {
-                let holder = invoke(schema::field_str(&op.invoke_value, "holder"))?;
-                invoke(schema::field_str(&op.invoke_value, "region"))?;
-                invoke(schema::field_u64(&op.invoke_value, "ttl_ms"))?;
+                let holder = schema::field_str(&op.invoke_value, "holder").at_invoke(op)?;
+                schema::field_str(&op.invoke_value, "region").at_invoke(op)?;
+                schema::field_u64(&op.invoke_value, "ttl_ms").at_invoke(op)?;
                 match op.outcome {
                     Outcome::Ok => {
-                        let token = result(schema::field_u64(&op.value, "token"))?;
+                        let token = schema::field_u64(&op.value, "token").at_result(op)?;
                         parsed.grants.push(Grant { op, holder, token });
                     }
                     Outcome::Info => parsed.acquires_unknown.push((op, holder)),
@@ -116,24 +113,18 @@ fn parse_key<'a>(ops: &[&'a Operation]) -> Result<KeyOps<'a>, CheckError> {
                 }
             }
             "release" => {
-                invoke(schema::field_str(&op.invoke_value, "holder"))?;
-                invoke(schema::field_u64(&op.invoke_value, "token"))?;
+                schema::field_str(&op.invoke_value, "holder").at_invoke(op)?;
+                schema::field_u64(&op.invoke_value, "token").at_invoke(op)?;
             }
             "write" => {
-                let holder = invoke(schema::field_str(&op.invoke_value, "holder"))?;
-                let token = invoke(schema::field_u64(&op.invoke_value, "token"))?;
-                let value = invoke(schema::field_int(&op.invoke_value, "value"))?;
+                let holder = schema::field_str(&op.invoke_value, "holder").at_invoke(op)?;
+                let token = schema::field_u64(&op.invoke_value, "token").at_invoke(op)?;
+                let value = schema::field_int(&op.invoke_value, "value").at_invoke(op)?;
                 match op.outcome {
                     Outcome::Ok => {
-                        let revision = result(schema::field_u64(&op.value, "revision"))?;
+                        let revision = schema::field_u64(&op.value, "revision").at_result(op)?;
                         parsed.written.push((value, token));
-                        parsed.writes.push(Write {
-                            op,
-                            holder,
-                            token,
-                            value,
-                            revision,
-                        });
+                        parsed.writes.push(Write { op, holder, token, value, revision });
                     }
                     Outcome::Info => parsed.written.push((value, token)),
                     Outcome::Fail => parsed.writes_refused += 1,
@@ -143,18 +134,16 @@ fn parse_key<'a>(ops: &[&'a Operation]) -> Result<KeyOps<'a>, CheckError> {
                 if op.outcome == Outcome::Ok {
                     parsed.reads.push(Read {
                         op,
-                        value: result(schema::field_int_or_null(&op.value, "value"))?,
-                        revision: result(schema::field_u64_or_null(&op.value, "revision"))?,
-                        token: result(schema::field_u64_or_null(&op.value, "token"))?,
+                        value: schema::field_int_or_null(&op.value, "value").at_result(op)?,
+                        revision: schema::field_u64_or_null(&op.value, "revision").at_result(op)?,
+                        token: schema::field_u64_or_null(&op.value, "token").at_result(op)?,
                     });
                 }
             }
             other => {
                 return Err(CheckError::schema(
                     op,
-                    format!(
-                        "the lease workload has acquire, release, write and read, not {other:?}"
-                    ),
+                    format!("the lease workload has acquire, release, write and read, not {other:?}"),
                 ))
             }
         }
@@ -212,13 +201,7 @@ fn grants_increase(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
         }
         let offender = best
             .values()
-            .filter(|g1| {
-                if g1.holder == g2.holder {
-                    g2.token < g1.token
-                } else {
-                    g2.token <= g1.token
-                }
-            })
+            .filter(|g1| if g1.holder == g2.holder { g2.token < g1.token } else { g2.token <= g1.token })
             .max_by_key(|g1| g1.token);
         if let Some(g1) = offender {
             log.push(Anomaly::new(
@@ -233,11 +216,7 @@ fn grants_increase(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
                     describe(g1.op),
                     g1.token,
                     g1.holder,
-                    if g1.holder == g2.holder {
-                        "equal or higher"
-                    } else {
-                        "strictly higher"
-                    },
+                    if g1.holder == g2.holder { "equal or higher" } else { "strictly higher" },
                 ),
                 &[g2.op, g1.op],
             ));
@@ -377,9 +356,7 @@ fn tokens_granted(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
     }
     for w in &parsed.writes {
         let grants = granted.get(&w.token).map(Vec::as_slice).unwrap_or_default();
-        let own = grants
-            .iter()
-            .any(|g| g.holder == w.holder && g.op.invoke_index < w.op.return_index());
+        let own = grants.iter().any(|g| g.holder == w.holder && g.op.invoke_index < w.op.return_index());
         let unknown = parsed
             .acquires_unknown
             .iter()
@@ -398,11 +375,7 @@ fn tokens_granted(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
         log.push(Anomaly::new(
             AnomalyKind::TokenNotGranted,
             Some(key),
-            format!(
-                "key {key:?}: the store accepted {} from {:?}, but {whose}",
-                describe(w.op),
-                w.holder
-            ),
+            format!("key {key:?}: the store accepted {} from {:?}, but {whose}", describe(w.op), w.holder),
             &involved,
         ));
     }
@@ -411,8 +384,7 @@ fn tokens_granted(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
 /// (c) Reads return what the write of their revision wrote, and nothing older
 /// than what had been accepted before they began.
 fn reads_match(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
-    let by_revision: HashMap<u64, &Write<'_>> =
-        parsed.writes.iter().map(|w| (w.revision, w)).collect();
+    let by_revision: HashMap<u64, &Write<'_>> = parsed.writes.iter().map(|w| (w.revision, w)).collect();
     let completed = sorted_by(&parsed.writes, |w| w.op.return_index());
     let mut done = 0;
     let mut highest: Option<&Write<'_>> = None;
@@ -423,12 +395,7 @@ fn reads_match(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
             }
             done += 1;
         }
-        let seen = format!(
-            "value {}, revision {}, token {}",
-            show(r.value),
-            show(r.revision),
-            show(r.token)
-        );
+        let seen = format!("value {}, revision {}, token {}", show(r.value), show(r.revision), show(r.token));
         if let Some(w) = r.revision.and_then(|rev| by_revision.get(&rev)) {
             if r.value != Some(w.value) || r.token != Some(w.token) {
                 log.push(Anomaly::new(
@@ -483,7 +450,7 @@ fn show<T: ToString>(value: Option<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::linear::script::history;
+    use crate::check::script::history;
     use crate::check::Validity;
     use serde_json::{json, Value};
 
@@ -643,10 +610,7 @@ mod tests {
             (1, "ok", "write", written(6)),
         ]);
         let result = check(&ops).expect("well formed");
-        assert_eq!(
-            kinds(&result),
-            vec![AnomalyKind::TokenNotGranted, AnomalyKind::TokenNotGranted]
-        );
+        assert_eq!(kinds(&result), vec![AnomalyKind::TokenNotGranted, AnomalyKind::TokenNotGranted]);
         assert!(result.anomalies[0].explanation.contains("belongs to \"b\""));
         assert!(result.anomalies[1].explanation.contains("never granted"));
     }
@@ -683,12 +647,7 @@ mod tests {
         let mut rows = clean_rows();
         rows.truncate(14);
         rows.push((3, "invoke", "read", Value::Null));
-        rows.push((
-            3,
-            "ok",
-            "read",
-            json!({"value": null, "revision": null, "token": null}),
-        ));
+        rows.push((3, "ok", "read", json!({"value": null, "revision": null, "token": null})));
         let result = check(&history(&rows)).expect("well formed");
         assert_eq!(kinds(&result), vec![AnomalyKind::StaleRead]);
     }
@@ -705,10 +664,8 @@ mod tests {
 
     #[test]
     fn schema_errors_are_refused() {
-        let ops = history(&[
-            (1, "invoke", "acquire", acquire("a")),
-            (1, "ok", "acquire", json!({"holder": "a"})),
-        ]);
+        let ops =
+            history(&[(1, "invoke", "acquire", acquire("a")), (1, "ok", "acquire", json!({"holder": "a"}))]);
         let err = check(&ops).expect_err("no token");
         assert!(err.to_string().contains("token"), "{err}");
         let ops = history(&[(1, "invoke", "steal", Value::Null)]);

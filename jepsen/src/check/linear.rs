@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::schema::Located;
 use super::{
     by_key, describe, schema, Anomaly, AnomalyKind, AnomalyLog, CheckError, CheckResult, Counts,
     ANOMALY_OPS_MAX,
@@ -162,14 +163,10 @@ fn parse(op: &Operation) -> Result<Option<RegOp<'_>>, CheckError> {
             if op.outcome != Outcome::Ok {
                 return Ok(None);
             }
-            let seen = schema::int_or_null(&op.value, "a read's result")
-                .map_err(|reason| CheckError::schema_result(op, reason))?;
+            let seen = schema::int_or_null(&op.value, "a read's result").at_result(op)?;
             Call::Read(seen)
         }
-        "write" => Call::Write(
-            schema::int(&op.invoke_value, "a write's value")
-                .map_err(|reason| CheckError::schema(op, reason))?,
-        ),
+        "write" => Call::Write(schema::int(&op.invoke_value, "a write's value").at_invoke(op)?),
         "cas" => {
             let pair = op.invoke_value.as_array().filter(|a| a.len() == 2);
             let Some([from, to]) = pair.map(Vec::as_slice) else {
@@ -178,9 +175,8 @@ fn parse(op: &Operation) -> Result<Option<RegOp<'_>>, CheckError> {
                     format!("a cas's value must be [from, to], got {}", op.invoke_value),
                 ));
             };
-            let from =
-                schema::int_or_null(from, "cas from").map_err(|reason| CheckError::schema(op, reason))?;
-            let to = schema::int(to, "cas to").map_err(|reason| CheckError::schema(op, reason))?;
+            let from = schema::int_or_null(from, "cas from").at_invoke(op)?;
+            let to = schema::int(to, "cas to").at_invoke(op)?;
             Call::Cas(from, to)
         }
         other => {
@@ -610,48 +606,10 @@ fn explain(key: &str, ops: &[RegOp<'_>], blame: &Option<Blame>) -> Anomaly {
     Anomaly::new(AnomalyKind::Nonlinearizable, Some(key), text, &involved)
 }
 
-/// Builds a register history from compact rows, for tests and examples.
-#[cfg(test)]
-pub(crate) mod script {
-    use super::*;
-    use crate::history::{pair, Op, OpType, Process};
-
-    /// `(process, type, f, value)` rows on key "k", one per event, at
-    /// `time_ns = 1000 * index`.
-    pub(crate) fn history(rows: &[(u64, &str, &str, Value)]) -> Vec<Operation> {
-        history_on("k", rows)
-    }
-
-    pub(crate) fn history_on(key: &str, rows: &[(u64, &str, &str, Value)]) -> Vec<Operation> {
-        let ops: Vec<Op> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, (process, kind, f, value))| Op {
-                index: i as u64,
-                time_ns: 1000 * i as u64,
-                process: Process::Client(*process),
-                kind: match *kind {
-                    "invoke" => OpType::Invoke,
-                    "ok" => OpType::Ok,
-                    "fail" => OpType::Fail,
-                    "info" => OpType::Info,
-                    other => panic!("bad type {other}"),
-                },
-                f: f.to_string(),
-                key: Some(key.to_string()),
-                value: value.clone(),
-                error: None,
-                node: None,
-            })
-            .collect();
-        pair(&ops).expect("test history is well formed")
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::script::history;
     use super::*;
+    use crate::check::script::history;
     use crate::check::Validity;
     use serde_json::json;
 
@@ -854,10 +812,12 @@ mod tests {
 
     #[test]
     fn keys_are_independent() {
-        let mut ops =
-            super::script::history_on("a", &[(1, "invoke", "write", json!(1)), (1, "ok", "write", json!(1))]);
+        let mut ops = crate::check::script::history_on(
+            "a",
+            &[(1, "invoke", "write", json!(1)), (1, "ok", "write", json!(1))],
+        );
         // A read of 1 on key b is a read of a value never written to b.
-        let b = super::script::history_on(
+        let b = crate::check::script::history_on(
             "b",
             &[
                 (1, "invoke", "write", json!(1)),

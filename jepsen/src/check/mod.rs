@@ -451,6 +451,26 @@ pub(crate) fn ms_to_ns(ms: u64) -> u64 {
 pub(crate) mod schema {
     use serde_json::Value;
 
+    use super::CheckError;
+    use crate::history::Operation;
+
+    /// Locates a schema complaint at an operation's invoke or completion.
+    pub(crate) trait Located<T> {
+        /// The complaint is about `op`'s argument (its invoke event).
+        fn at_invoke(self, op: &Operation) -> Result<T, CheckError>;
+        /// The complaint is about `op`'s result (its completion event).
+        fn at_result(self, op: &Operation) -> Result<T, CheckError>;
+    }
+
+    impl<T> Located<T> for Result<T, String> {
+        fn at_invoke(self, op: &Operation) -> Result<T, CheckError> {
+            self.map_err(|reason| CheckError::schema(op, reason))
+        }
+        fn at_result(self, op: &Operation) -> Result<T, CheckError> {
+            self.map_err(|reason| CheckError::schema_result(op, reason))
+        }
+    }
+
     /// An integer value, or an error naming what was expected.
     pub(crate) fn int(value: &Value, what: &str) -> Result<i64, String> {
         value.as_i64().ok_or_else(|| format!("{what} must be an integer, got {value}"))
@@ -532,6 +552,59 @@ pub(crate) fn describe(op: &Operation) -> String {
 /// Nanoseconds since the run started, as seconds with microsecond precision.
 pub(crate) fn seconds(ns: u64) -> String {
     format!("{}.{:06}s", ns / 1_000_000_000, (ns % 1_000_000_000) / 1_000)
+}
+
+/// Builds histories from compact rows, for tests.
+#[cfg(test)]
+pub(crate) mod script {
+    use super::*;
+    use crate::history::{Op, OpType, Process};
+
+    /// `(process, type, f, value)` rows on key "k", one event each, at
+    /// `time_ns = 1000 * index`.
+    pub(crate) fn history(rows: &[(u64, &str, &str, Value)]) -> Vec<Operation> {
+        history_on("k", rows)
+    }
+
+    /// Like [`history`], on `key`.
+    pub(crate) fn history_on(key: &str, rows: &[(u64, &str, &str, Value)]) -> Vec<Operation> {
+        let timed: Vec<(u64, u64, &str, &str, Value)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, (p, kind, f, v))| (1000 * i as u64, *p, *kind, *f, v.clone()))
+            .collect();
+        pair(&ops_ns(key, &timed)).expect("test history is well formed")
+    }
+
+    /// `(time_ms, process, type, f, value)` rows on key "k".
+    pub(crate) fn timed(rows: &[(u64, u64, &str, &str, Value)]) -> Vec<Operation> {
+        let in_ns: Vec<(u64, u64, &str, &str, Value)> =
+            rows.iter().map(|(ms, p, kind, f, v)| (ms_to_ns(*ms), *p, *kind, *f, v.clone())).collect();
+        pair(&ops_ns("k", &in_ns)).expect("test history is well formed")
+    }
+
+    fn ops_ns(key: &str, rows: &[(u64, u64, &str, &str, Value)]) -> Vec<Op> {
+        rows.iter()
+            .enumerate()
+            .map(|(i, (time_ns, process, kind, f, value))| Op {
+                index: i as u64,
+                time_ns: *time_ns,
+                process: Process::Client(*process),
+                kind: match *kind {
+                    "invoke" => OpType::Invoke,
+                    "ok" => OpType::Ok,
+                    "fail" => OpType::Fail,
+                    "info" => OpType::Info,
+                    other => panic!("bad type {other}"),
+                },
+                f: f.to_string(),
+                key: Some(key.to_string()),
+                value: value.clone(),
+                error: None,
+                node: None,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
