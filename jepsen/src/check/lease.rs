@@ -179,7 +179,7 @@ pub fn check(operations: &[Operation]) -> Result<CheckResult, CheckError> {
 }
 
 /// Sorts references by a key, for the sweeps below.
-fn sorted_by<'s, T, K: Ord>(items: &'s [T], key: impl Fn(&T) -> K) -> Vec<&'s T> {
+fn sorted_by<T, K: Ord>(items: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
     let mut sorted: Vec<&T> = items.iter().collect();
     sorted.sort_by_key(|item| key(item));
     sorted
@@ -255,7 +255,7 @@ fn writes_fenced(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
     let mut newest: Option<&Write<'_>> = None;
     for b in sorted_by(&parsed.writes, |w| w.op.invoke_index) {
         while let Some(a) = completed.get(done).filter(|a| a.op.precedes(b.op)) {
-            if newest.map_or(true, |n| a.token > n.token) {
+            if newest.is_none_or(|n| a.token > n.token) {
                 newest = Some(a);
             }
             done += 1;
@@ -314,7 +314,7 @@ fn revisions_ordered(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
                 &[w.op, n.op],
             ));
         }
-        if newest.map_or(true, |n| w.token > n.token) {
+        if newest.is_none_or(|n| w.token > n.token) {
             newest = Some(w);
         }
         previous = Some(w);
@@ -325,7 +325,7 @@ fn revisions_ordered(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
     let mut highest: Option<&Write<'_>> = None;
     for b in sorted_by(&parsed.writes, |w| w.op.invoke_index) {
         while let Some(a) = completed.get(done).filter(|a| a.op.precedes(b.op)) {
-            if highest.map_or(true, |h| a.revision > h.revision) {
+            if highest.is_none_or(|h| a.revision > h.revision) {
                 highest = Some(a);
             }
             done += 1;
@@ -390,7 +390,7 @@ fn reads_match(key: &str, parsed: &KeyOps<'_>, log: &mut AnomalyLog) {
     let mut highest: Option<&Write<'_>> = None;
     for r in sorted_by(&parsed.reads, |r| r.op.invoke_index) {
         while let Some(a) = completed.get(done).filter(|a| a.op.precedes(r.op)) {
-            if highest.map_or(true, |h| a.revision > h.revision) {
+            if highest.is_none_or(|h| a.revision > h.revision) {
                 highest = Some(a);
             }
             done += 1;

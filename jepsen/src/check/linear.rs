@@ -255,13 +255,12 @@ fn check_keys(keys: &[(&str, Vec<RegOp<'_>>)], config: &LinearConfig) -> Vec<Key
     let threads = config.threads_max.min(cores).min(keys.len()).max(1);
     let next = AtomicUsize::new(0);
     let verdicts: Mutex<Vec<Option<KeyVerdict>>> = Mutex::new((0..keys.len()).map(|_| None).collect());
-    let work = || loop {
-        let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-            break;
-        };
-        let (key, ops) = &keys[i];
-        let verdict = check_key(key, ops, config, check_deadline);
-        verdicts.lock().expect("no thread panics holding the lock")[i] = Some(verdict);
+    let work = || {
+        while let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let (key, ops) = &keys[i];
+            let verdict = check_key(key, ops, config, check_deadline);
+            verdicts.lock().expect("no thread panics holding the lock")[i] = Some(verdict);
+        }
     };
     if threads == 1 {
         work();
@@ -468,7 +467,7 @@ impl<'o, 'a> Search<'o, 'a> {
                 return SearchResult::Linearizable;
             }
             steps += 1;
-            if steps % DEADLINE_CHECK_STEPS == 0 && Instant::now() >= deadline {
+            if steps.is_multiple_of(DEADLINE_CHECK_STEPS) && Instant::now() >= deadline {
                 return SearchResult::TimeExhausted;
             }
             assert!(slot != NIL, "a pending ok operation's completion ends every scan");
@@ -610,7 +609,7 @@ mod tests {
     use super::*;
     use crate::check::script::history;
     use crate::check::Validity;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn verdict(ops: &[Operation]) -> CheckResult {
         check(ops, &LinearConfig::default()).expect("well-formed history")
