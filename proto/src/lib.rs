@@ -9,6 +9,12 @@ pub mod v1 {
     tonic::include_proto!("seam.v1");
 }
 
+/// The subset of etcd's v3 KV API that the benchmark drives (client only).
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}
+
 pub mod status;
 
 pub use v1::*;
