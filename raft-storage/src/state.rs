@@ -1044,3 +1044,7 @@ fn parse_result_key(key: &[u8]) -> Result<(String, u64), CorruptRecord> {
     let client = String::from_utf8(client.to_vec()).map_err(|_| corrupt("client id is not UTF-8"))?;
     Ok((client, u64::from_be_bytes(id_bytes)))
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
