@@ -341,13 +341,14 @@ pub enum HistoryError {
         bytes_max: usize,
     },
     /// A line is not a JSON op of the history format.
-    #[error("line {line}: not a history op: {source}")]
+    #[error("line {line}, column {column}: not a history op: {reason}")]
     Json {
         /// The offending line.
         line: u64,
-        /// The parser's complaint (it names the column).
-        #[source]
-        source: serde_json::Error,
+        /// Where in the line the parser gave up (1-based).
+        column: usize,
+        /// The parser's complaint.
+        reason: String,
     },
     /// A well-formed op breaks an invariant of the history.
     #[error("line {line}: {reason}")]
@@ -478,7 +479,7 @@ impl<R: BufRead> HistoryReader<R> {
         }
         let op: Op = match serde_json::from_slice(&self.buf) {
             Ok(op) => op,
-            Err(source) => return Some(Err(HistoryError::Json { line, source })),
+            Err(err) => return Some(Err(json_error(line, &err))),
         };
         if let Err(reason) = self.validator.push(&op) {
             return Some(Err(HistoryError::Invalid { line, reason }));
@@ -500,6 +501,17 @@ impl<R: BufRead> Iterator for HistoryReader<R> {
         }
         item
     }
+}
+
+/// A parse error located on a history line (serde_json counts lines
+/// within the one-line slice, so only its column is kept).
+fn json_error(line: u64, err: &serde_json::Error) -> HistoryError {
+    let text = err.to_string();
+    let reason = match text.rfind(" at line ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    };
+    HistoryError::Json { line, column: err.column(), reason }
 }
 
 /// Reads a whole history from `reader`.
@@ -538,7 +550,7 @@ impl<W: Write> HistoryWriter<W> {
     pub fn write(&mut self, op: &Op) -> Result<(), HistoryError> {
         let line = op.index.saturating_add(1);
         self.buf.clear();
-        serde_json::to_writer(&mut self.buf, op).map_err(|source| HistoryError::Json { line, source })?;
+        serde_json::to_writer(&mut self.buf, op).expect("an op always serializes to JSON");
         if self.buf.len() > LINE_BYTES_MAX {
             return Err(HistoryError::LineTooLong { line, bytes_max: LINE_BYTES_MAX });
         }
@@ -687,7 +699,7 @@ mod tests {
         let text = to_text(&[good]) + "{\"index\":1,\n";
         let err = read_history(text.as_bytes()).expect_err("malformed");
         assert!(matches!(err, HistoryError::Json { line: 2, .. }), "{err}");
-        assert!(err.to_string().starts_with("line 2:"), "{err}");
+        assert_eq!(err.to_string(), "line 2, column 11: not a history op: EOF while parsing a value");
     }
 
     #[test]
