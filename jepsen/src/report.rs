@@ -289,7 +289,7 @@ fn results_section(html: &mut String, summary: &Summary) {
         if let Validity::Unknown { reason } = &result.valid {
             let _ = write!(html, " — {}", escape(reason));
         }
-        html.push_str("</p>\n<table>\n");
+        html.push_str("</p>\n");
         let c = &result.counts;
         let mut numbers: Vec<(String, u64)> = vec![
             ("operations".into(), c.operations),
@@ -302,10 +302,15 @@ fn results_section(html: &mut String, summary: &Summary) {
             ("anomalies".into(), result.anomaly_count),
         ];
         numbers.extend(c.detail.iter().map(|(k, v)| (k.replace('_', " "), *v)));
-        for (name, n) in numbers {
-            let _ = writeln!(html, "<tr><th>{}</th><td class=\"n\">{n}</td></tr>", escape(&name));
+        html.push_str("<table><tr>");
+        for (name, _) in &numbers {
+            let _ = write!(html, "<th>{}</th>", escape(name));
         }
-        html.push_str("</table>\n");
+        html.push_str("</tr>\n<tr>");
+        for (_, n) in &numbers {
+            let _ = write!(html, "<td class=\"n\">{n}</td>");
+        }
+        html.push_str("</tr></table>\n");
     }
 }
 
