@@ -1,1 +1,157 @@
-fn main() {}
+//! `seam`: start a node, run the local demo, benchmark, or talk to a cluster.
+//!
+//! This binary only parses arguments and calls the library: `seam node` layers the TOML
+//! config file, `SEAM_*` environment variables and flags (later wins) and calls
+//! [`seam_node::server::run`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use clap::Parser;
+use clap::Subcommand;
+use seam_node::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "seam",
+    version,
+    about = "Seam: a replicated state store with per-field coherence contracts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node.
+    Node(NodeArgs),
+}
+
+/// `seam node`: every flag overrides the config file; `SEAM_<FLAG>` overrides the file too.
+#[derive(Args)]
+struct NodeArgs {
+    /// A TOML config file (see node/seam.example.toml).
+    #[arg(long, env = "SEAM_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (non-zero, unique in the cluster).
+    #[arg(long, env = "SEAM_ID")]
+    id: Option<u64>,
+    /// The region this node serves.
+    #[arg(long, env = "SEAM_REGION")]
+    region: Option<String>,
+    /// HOST:PORT for clients and peers.
+    #[arg(long, env = "SEAM_LISTEN")]
+    listen: Option<String>,
+    /// HOST:PORT others reach this node at (default: --listen).
+    #[arg(long, env = "SEAM_ADVERTISE")]
+    advertise: Option<String>,
+    /// HOST:PORT for /metrics and /health.
+    #[arg(long, env = "SEAM_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// The data directory.
+    #[arg(long, env = "SEAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The cluster's name (recorded in the data directory).
+    #[arg(long, env = "SEAM_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// Bootstrap members, `ID=HOST:PORT[@REGION],...` (used only with an empty data dir).
+    #[arg(long, env = "SEAM_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+}
+
+impl NodeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
+                Config::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(v) = self.id {
+            config.id = v;
+        }
+        if let Some(v) = self.region {
+            config.region = v;
+        }
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.advertise {
+            config.advertise = Some(v);
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics_listen = Some(v);
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.cluster_name {
+            config.cluster_name = v;
+        }
+        if let Some(v) = self.initial_cluster {
+            config.initial_cluster = Some(v);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn")
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("seam: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
+        match cli.command {
+            Command::Node(args) => {
+                init_tracing();
+                let config = args.into_config()?;
+                seam_node::server::run(config, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("seam: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

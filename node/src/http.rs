@@ -1,0 +1,85 @@
+//! The HTTP side of a node: `/metrics` (Prometheus text) and `/health` (JSON).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Json;
+use axum::Router;
+use openraft::ServerState;
+use serde::Serialize;
+
+use crate::replica::Replica;
+
+/// The router serving `/metrics` and `/health`.
+pub fn router(replica: Replica) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/health", get(health)).with_state(replica)
+}
+
+async fn refresh_gauges(replica: &Replica) {
+    let m = replica.metrics();
+    let raft = replica.raft().metrics().borrow().clone();
+    m.raft_term.set(raft.current_term as i64);
+    m.raft_leader.set(raft.current_leader.unwrap_or(0) as i64);
+    m.raft_is_leader.set((raft.state == ServerState::Leader) as i64);
+    m.raft_last_log_index.set(raft.last_log_index.unwrap_or(0) as i64);
+    m.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
+    m.raft_snapshot_index.set(raft.snapshot.map_or(0, |l| l.index) as i64);
+    m.raft_purged_index.set(raft.purged.map_or(0, |l| l.index) as i64);
+    if let Ok(committed) = replica.raft().with_raft_state(|s| s.committed).await {
+        m.raft_commit_index.set(committed.map_or(0, |l| l.index) as i64);
+    }
+}
+
+async fn metrics(State(replica): State<Replica>) -> impl IntoResponse {
+    refresh_gauges(&replica).await;
+    ([("content-type", "text/plain; version=0.0.4")], replica.metrics().render())
+}
+
+/// What `/health` reports.
+#[derive(Serialize)]
+pub struct Health {
+    /// `ok` when the node knows a leader and has applied what it knows is committed;
+    /// `degraded` otherwise.
+    pub status: &'static str,
+    pub node_id: u64,
+    pub region: String,
+    pub role: String,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+}
+
+async fn health(State(replica): State<Replica>) -> impl IntoResponse {
+    let raft = replica.raft().metrics().borrow().clone();
+    let committed =
+        replica.raft().with_raft_state(|s| s.committed).await.ok().flatten().map_or(0, |l| l.index);
+    let applied = raft.last_applied.map_or(0, |l| l.index);
+    let ok = raft.current_leader.is_some() && applied >= committed;
+    let health = Health {
+        status: if ok { "ok" } else { "degraded" },
+        node_id: replica.id(),
+        region: replica.config().region.clone(),
+        role: role_name(raft.state).to_string(),
+        leader: raft.current_leader,
+        term: raft.current_term,
+        last_log_index: raft.last_log_index.unwrap_or(0),
+        commit_index: committed,
+        applied_index: applied,
+    };
+    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(health))
+}
+
+/// The name of a Raft role as the API reports it.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}

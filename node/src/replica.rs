@@ -1,0 +1,326 @@
+//! A running node's shared core: the Raft handle, the state machine, and the two
+//! primitives every service is built from, [`Replica::propose`] and [`Replica::read_barrier`].
+//!
+//! - `propose` stamps a command with this leader's wall clock and the caller's idempotency
+//!   key, submits it to Raft and waits (bounded by `request_timeout_ms`) for its applied
+//!   result. A node that is not the leader answers `NotLeader` (definite: nothing was
+//!   proposed); a proposal that times out or loses its leader mid-flight is
+//!   `Indeterminate` (it may still commit; a retry with the same request id tells).
+//! - `read_barrier` makes a following state-machine read linearizable (ReadIndex: the
+//!   leader confirms its leadership with a quorum; a follower asks the leader for that index
+//!   and waits until it has applied it), or, for a read that states `max_staleness_ms`,
+//!   proves from a recent ReadIndex that the local state misses no write acknowledged more
+//!   than that long ago. Followers therefore serve reads without forwarding data.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
+
+use openraft::error::CheckIsLeaderError;
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::Raft;
+use openraft::ServerState;
+use seam_proto::v1 as pb;
+use seam_proto::v1::raft_client::RaftClient;
+use seam_raft_storage::Command;
+use seam_raft_storage::IdempotencyKey;
+use seam_raft_storage::Node as Member;
+use seam_raft_storage::NodeId;
+use seam_raft_storage::Request;
+use seam_raft_storage::Response;
+use seam_raft_storage::StateHandle;
+use seam_raft_storage::Tier;
+use seam_raft_storage::TypeConfig;
+use tokio::sync::Semaphore;
+use tokio::sync::SemaphorePermit;
+use tonic::transport::Channel;
+
+use crate::config::Config;
+use crate::error::tier_to_pb;
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::peer::Peers;
+
+/// The shared core of a running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    config: Config,
+    raft: Raft<TypeConfig>,
+    state: StateHandle,
+    peers: Peers,
+    metrics: Metrics,
+    inflight: Semaphore,
+    /// The newest staleness proof: when its ReadIndex request was sent, and the index.
+    proof: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Replica {
+    pub fn new(
+        config: Config,
+        raft: Raft<TypeConfig>,
+        state: StateHandle,
+        peers: Peers,
+        metrics: Metrics,
+    ) -> Self {
+        let inflight = Semaphore::new(config.limits.inflight_requests_max);
+        Replica {
+            inner: Arc::new(Inner {
+                id: config.id,
+                config,
+                raft,
+                state,
+                peers,
+                metrics,
+                inflight,
+                proof: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    pub fn state(&self) -> &StateHandle {
+        &self.inner.state
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.limits.request_timeout_ms)
+    }
+
+    /// Admits one client request, or refuses it (definitely not done) when
+    /// `inflight_requests_max` requests are already being handled.
+    pub fn admit(&self) -> Result<SemaphorePermit<'_>, NodeError> {
+        self.inner.inflight.try_acquire().map_err(|_| NodeError::Backpressure {
+            queue: "inflight_requests_max",
+            max: self.inner.config.limits.inflight_requests_max as u64,
+        })
+    }
+
+    /// This node's wall clock in ms since the UNIX epoch: the stamp of its proposals.
+    pub fn wall_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?.clone();
+        Some((id, node))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// The leader's channel, for forwarding; `NotLeader` when the request was already
+    /// forwarded once (no forwarding loops) or no leader is known.
+    pub fn forward_channel(&self, header: Option<&pb::RequestHeader>) -> Result<Channel, NodeError> {
+        let leader = self.leader();
+        let forwarded = header.is_some_and(|h| h.forwarded);
+        match leader {
+            Some((id, node)) if !forwarded && id != self.inner.id => {
+                self.inner.peers.channel(&node.addr).map_err(|e| NodeError::Unavailable(e.to_string()))
+            }
+            Some((id, node)) => {
+                Err(NodeError::NotLeader { leader_id: Some(id), leader_addr: Some(node.addr) })
+            }
+            None => Err(NodeError::Unavailable("no leader is known (an election may be under way)".into())),
+        }
+    }
+
+    /// A response header describing this node and the tier that served.
+    pub fn header(&self, tier: Tier, field: &[u8], revision: u64) -> pb::ResponseHeader {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        pb::ResponseHeader {
+            node_id: self.inner.id,
+            region: self.inner.config.region.clone(),
+            leader_id: m.current_leader.unwrap_or(0),
+            term: m.current_term,
+            revision,
+            tier: tier_to_pb(tier) as i32,
+            field: field.to_vec(),
+        }
+    }
+
+    /// Proposes `command` and waits for its applied result (see the module docs).
+    pub async fn propose(
+        &self,
+        command: Command,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Response, NodeError> {
+        let name = command.name();
+        let request = Request { stamp_ms: self.wall_ms(), idempotency, command };
+        let started = Instant::now();
+        let result =
+            tokio::time::timeout(self.request_timeout(), self.inner.raft.client_write(request)).await;
+        self.inner
+            .metrics
+            .proposal_seconds
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Err(NodeError::Indeterminate(format!(
+                "proposal not applied within request_timeout_ms ({})",
+                self.inner.config.limits.request_timeout_ms
+            ))),
+            Ok(Ok(reply)) => match reply.data {
+                Response::Rejected(r) => Err(NodeError::Rejected(r)),
+                response => Ok(response),
+            },
+            Ok(Err(e)) => Err(map_write_error(e)),
+        }
+    }
+
+    /// Makes the next state read linearizable, or proves it is at most `max_staleness_ms`
+    /// stale. Returns the revision (applied index) the read may use as its floor.
+    pub async fn read_barrier(&self, max_staleness_ms: Option<u64>) -> Result<u64, NodeError> {
+        let Some(bound_ms) = max_staleness_ms else {
+            let (index, _) = self.read_index().await?;
+            return self.wait_applied(index).await;
+        };
+        let bound = Duration::from_millis(bound_ms);
+        let cached = *self.inner.proof.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((sent, index)) = cached {
+            if sent.elapsed() <= bound && self.applied_index() >= index {
+                return Ok(index);
+            }
+        }
+        // Refresh the proof; if that fails, say how stale we can prove we are.
+        match self.read_index().await {
+            Ok((index, sent)) => {
+                *self.inner.proof.lock().unwrap_or_else(|p| p.into_inner()) = Some((sent, index));
+                if self.applied_index() >= index {
+                    return Ok(index);
+                }
+                let wait = bound.saturating_sub(sent.elapsed());
+                match self
+                    .inner
+                    .raft
+                    .wait(Some(wait))
+                    .applied_index_at_least(Some(index), "bounded read")
+                    .await
+                {
+                    Ok(_) => Ok(index),
+                    Err(_) => Err(NodeError::StalenessUnsatisfiable {
+                        requested_ms: bound_ms,
+                        achievable_ms: sent.elapsed().as_millis() as u64,
+                    }),
+                }
+            }
+            Err(_) => Err(NodeError::StalenessUnsatisfiable {
+                requested_ms: bound_ms,
+                achievable_ms: cached.map_or(u64::MAX, |(sent, _)| sent.elapsed().as_millis() as u64),
+            }),
+        }
+    }
+
+    /// The local applied index.
+    pub fn applied_index(&self) -> u64 {
+        self.inner.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<u64, NodeError> {
+        if self.applied_index() >= index {
+            return Ok(index);
+        }
+        self.inner
+            .raft
+            .wait(Some(self.request_timeout()))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|e| NodeError::Unavailable(format!("not caught up to read index {index}: {e}")))?;
+        Ok(index)
+    }
+
+    /// A read index and the instant the request for it was sent: every write acknowledged
+    /// before that instant is at or below the index.
+    pub async fn read_index(&self) -> Result<(u64, Instant), NodeError> {
+        let sent = Instant::now();
+        if self.is_leader() {
+            let index = self.local_read_index().await?;
+            return Ok((index, sent));
+        }
+        let (leader, node) = self.leader().ok_or_else(|| {
+            NodeError::Unavailable("no leader is known (an election may be under way)".into())
+        })?;
+        self.inner
+            .peers
+            .faults
+            .before_call(leader)
+            .await
+            .map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let channel =
+            self.inner.peers.channel(&node.addr).map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        let mut client = RaftClient::new(channel);
+        let call = client.read_index(pb::ReadIndexRequest { from: self.inner.id });
+        let reply = tokio::time::timeout(self.request_timeout(), call)
+            .await
+            .map_err(|_| NodeError::Unavailable("the leader did not answer ReadIndex in time".into()))?
+            .map_err(|s| NodeError::Unavailable(format!("ReadIndex at leader {leader}: {}", s.message())))?;
+        Ok((reply.into_inner().index, sent))
+    }
+
+    /// ReadIndex on the leader itself: confirms leadership with a quorum.
+    pub async fn local_read_index(&self) -> Result<u64, NodeError> {
+        let result = tokio::time::timeout(self.request_timeout(), self.inner.raft.get_read_log_id()).await;
+        match result {
+            Err(_) => Err(NodeError::Unavailable("leadership not confirmed by a quorum in time".into())),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(NodeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                Err(NodeError::Unavailable(format!("no quorum: {e}")))
+            }
+            Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+}
+
+/// The node error for a failed Raft write (a proposal or a membership change).
+pub fn map_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> NodeError {
+    match e {
+        // Never appended here, or appended and then truncated by a new leader: either way
+        // it will not be applied.
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            NodeError::NotLeader { leader_id: f.leader_id, leader_addr: f.leader_node.map(|n| n.addr) }
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => NodeError::invalid(e.to_string()),
+        RaftError::Fatal(f) => NodeError::Indeterminate(format!("raft stopped: {f}")),
+    }
+}

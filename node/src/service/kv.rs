@@ -1,0 +1,310 @@
+//! The `Kv` service: get, range, put, delete and transactions, routed by field policy.
+//!
+//! Sacred keys: reads pass a [`Replica::read_barrier`] and then read the local state;
+//! writes are proposed through Raft. A follower forwards writes to the leader once (the
+//! forwarded copy carries `header.forwarded`, so there are no loops); if the forward fails
+//! in transit, the outcome is indeterminate. Relaxed keys are served by the relaxed tier
+//! of this node.
+
+use seam_proto::v1 as pb;
+use seam_proto::v1::kv_client::KvClient;
+use seam_proto::v1::kv_server::Kv;
+use seam_raft_storage::Command;
+use seam_raft_storage::Response as Applied;
+use seam_raft_storage::Tier;
+use seam_raft_storage::Txn;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::convert::*;
+use crate::error::NodeError;
+use crate::replica::Replica;
+use crate::service::forward_failed;
+use crate::service::observe;
+
+/// The `Kv` service of one node.
+#[derive(Clone)]
+pub struct KvService {
+    replica: Replica,
+}
+
+impl KvService {
+    pub fn new(replica: Replica) -> Self {
+        KvService { replica }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
+        let max = self.replica.config().limits.key_bytes_max;
+        if key.is_empty() {
+            return Err(NodeError::invalid("key must not be empty"));
+        }
+        if key.len() > max {
+            return Err(NodeError::limit("key_bytes_max", max, format_args!("key of {} bytes", key.len())));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), NodeError> {
+        let max = self.replica.config().limits.value_bytes_max;
+        if value.len() > max {
+            return Err(NodeError::limit(
+                "value_bytes_max",
+                max,
+                format_args!("value of {} bytes", value.len()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The tier and field serving `key`, checked against the caller's pinned expectation.
+    fn route(&self, key: &[u8], header: Option<&pb::RequestHeader>) -> Result<(Tier, Vec<u8>), NodeError> {
+        let (field, policy) = self.replica.state().read().policy(key);
+        let required = tier_from_pb(header.map_or(0, |h| h.require))?;
+        if let Some(required) = required {
+            if required != policy.tier {
+                return Err(NodeError::WrongTier {
+                    field: String::from_utf8_lossy(&field).into_owned(),
+                    tier: policy.tier,
+                    required,
+                });
+            }
+        }
+        Ok((policy.tier, field))
+    }
+
+    fn relaxed_unavailable(field: &[u8]) -> NodeError {
+        NodeError::Unavailable(format!(
+            "field {:?} is relaxed and this node has no relaxed tier",
+            String::from_utf8_lossy(field)
+        ))
+    }
+
+    async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, NodeError> {
+        self.check_key(&req.key)?;
+        let (tier, field) = self.route(&req.key, req.header.as_ref())?;
+        if tier == Tier::Relaxed {
+            return Err(Self::relaxed_unavailable(&field));
+        }
+        let floor = self.replica.read_barrier(req.max_staleness_ms).await?;
+        let state = self.replica.state().read();
+        // The field's policy may have changed while we waited: answer by the state we read.
+        let (field, policy) = state.policy(&req.key);
+        if policy.tier != Tier::Sacred {
+            return Err(Self::relaxed_unavailable(&field));
+        }
+        let revision = state.applied().map_or(0, |l| l.index).max(floor);
+        Ok(pb::GetResponse {
+            header: Some(self.replica.header(Tier::Sacred, &field, revision)),
+            kv: state.get(&req.key).map(kv_to_pb),
+            ..Default::default()
+        })
+    }
+
+    async fn range_inner(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, NodeError> {
+        let page_max = self.replica.config().limits.range_page_max;
+        let limit = match req.limit as usize {
+            0 => page_max,
+            n => n.min(page_max),
+        };
+        if req.start.len() > self.replica.config().limits.key_bytes_max {
+            return Err(NodeError::limit(
+                "key_bytes_max",
+                self.replica.config().limits.key_bytes_max,
+                "range start",
+            ));
+        }
+        let floor = self.replica.read_barrier(req.max_staleness_ms).await?;
+        let state = self.replica.state().read();
+        let end =
+            if req.prefix { prefix_end(&req.start) } else { Some(req.end.clone()).filter(|e| !e.is_empty()) };
+        // Relaxed keys are skipped: their sacred copy is the frozen seed, not their value.
+        let (page, more) = state.range(&req.start, end.as_deref(), limit);
+        let next_start = if more {
+            page.last().map(|kv| {
+                let mut k = kv.key.clone();
+                k.push(0);
+                k
+            })
+        } else {
+            None
+        };
+        let kvs =
+            page.iter().filter(|kv| state.policy(&kv.key).1.tier == Tier::Sacred).map(kv_to_pb).collect();
+        let revision = state.applied().map_or(0, |l| l.index).max(floor);
+        Ok(pb::RangeResponse {
+            header: Some(self.replica.header(Tier::Sacred, b"", revision)),
+            kvs,
+            more,
+            next_start: next_start.unwrap_or_default(),
+        })
+    }
+
+    async fn put_inner(&self, req: pb::PutRequest) -> Result<pb::PutResponse, Status> {
+        self.check_key(&req.key)?;
+        self.check_value(&req.value)?;
+        let idem = idempotency(req.header.as_ref())?;
+        let (tier, field) = self.route(&req.key, req.header.as_ref())?;
+        if tier == Tier::Relaxed {
+            return Err(Self::relaxed_unavailable(&field).into());
+        }
+        if req.ttl_ms.is_some_and(|t| t > 0) {
+            return Err(
+                NodeError::invalid("ttl_ms applies to relaxed fields only; this key is sacred").into()
+            );
+        }
+        let command = Command::Put { key: req.key.clone(), value: req.value.clone(), token: req.token };
+        match self.replica.propose(command, Some(idem)).await {
+            Ok(Applied::Put { revision, .. }) => Ok(pb::PutResponse {
+                header: Some(self.replica.header(Tier::Sacred, &field, revision)),
+                revision,
+                hlc: None,
+            }),
+            Ok(other) => Err(NodeError::Internal(format!("put answered {other:?}")).into()),
+            Err(NodeError::NotLeader { .. }) => {
+                let channel = self.replica.forward_channel(req.header.as_ref())?;
+                let mut req = req;
+                req.header.get_or_insert_with(Default::default).forwarded = true;
+                KvClient::new(channel).put(req).await.map(Response::into_inner).map_err(forward_failed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete_inner(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
+        self.check_key(&req.key)?;
+        let idem = idempotency(req.header.as_ref())?;
+        let (tier, field) = self.route(&req.key, req.header.as_ref())?;
+        if tier == Tier::Relaxed {
+            return Err(Self::relaxed_unavailable(&field).into());
+        }
+        let command = Command::Delete { key: req.key.clone(), token: req.token };
+        match self.replica.propose(command, Some(idem)).await {
+            Ok(Applied::Delete { revision, prev }) => Ok(pb::DeleteResponse {
+                header: Some(self.replica.header(Tier::Sacred, &field, revision)),
+                revision,
+                deleted: prev.is_some(),
+                hlc: None,
+            }),
+            Ok(other) => Err(NodeError::Internal(format!("delete answered {other:?}")).into()),
+            Err(NodeError::NotLeader { .. }) => {
+                let channel = self.replica.forward_channel(req.header.as_ref())?;
+                let mut req = req;
+                req.header.get_or_insert_with(Default::default).forwarded = true;
+                KvClient::new(channel).delete(req).await.map(Response::into_inner).map_err(forward_failed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn txn_inner(&self, req: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        let idem = idempotency(req.header.as_ref())?;
+        let ops_max = self.replica.config().limits.txn_ops_max;
+        let count = req.compares.len() + req.success.len().max(req.failure.len());
+        if count > ops_max {
+            return Err(NodeError::limit(
+                "txn_ops_max",
+                ops_max,
+                format_args!("transaction of {count} compares and ops"),
+            )
+            .into());
+        }
+        let compares = req.compares.iter().map(compare_from_pb).collect::<Result<Vec<_>, _>>()?;
+        let success = req.success.iter().map(op_from_pb).collect::<Result<Vec<_>, _>>()?;
+        let failure = req.failure.iter().map(op_from_pb).collect::<Result<Vec<_>, _>>()?;
+        for c in &compares {
+            self.check_key(&c.key)?;
+            self.route(&c.key, req.header.as_ref())?;
+        }
+        for op in success.iter().chain(&failure) {
+            let (key, value) = match op {
+                seam_raft_storage::TxnOp::Get { key } | seam_raft_storage::TxnOp::Delete { key, .. } => {
+                    (key, None)
+                }
+                seam_raft_storage::TxnOp::Put { key, value, .. } => (key, Some(value)),
+            };
+            self.check_key(key)?;
+            if let Some(v) = value {
+                self.check_value(v)?;
+            }
+            // Relaxed keys cannot join an atomic transaction; the state machine refuses them
+            // too, with the field named.
+            self.route(key, req.header.as_ref())?;
+        }
+        let command = Command::Txn(Txn { compares, success, failure });
+        match self.replica.propose(command, Some(idem)).await {
+            Ok(Applied::Txn { revision, succeeded, results }) => Ok(pb::TxnResponse {
+                header: Some(self.replica.header(Tier::Sacred, b"", revision)),
+                revision,
+                succeeded,
+                results: results.iter().map(op_result_to_pb).collect(),
+            }),
+            Ok(other) => Err(NodeError::Internal(format!("txn answered {other:?}")).into()),
+            Err(NodeError::NotLeader { .. }) => {
+                let channel = self.replica.forward_channel(req.header.as_ref())?;
+                let mut req = req;
+                req.header.get_or_insert_with(Default::default).forwarded = true;
+                KvClient::new(channel).txn(req).await.map(Response::into_inner).map_err(forward_failed)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The smallest key above every key starting with `prefix` (`None`: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let _permit = self.replica.admit()?;
+        let result = self.get_inner(req.into_inner()).await.map_err(Status::from);
+        observe(&self.replica, "get", result)
+    }
+
+    async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
+        let _permit = self.replica.admit()?;
+        let result = self.range_inner(req.into_inner()).await.map_err(Status::from);
+        observe(&self.replica, "range", result)
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let _permit = self.replica.admit()?;
+        let result = self.put_inner(req.into_inner()).await;
+        observe(&self.replica, "put", result)
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let _permit = self.replica.admit()?;
+        let result = self.delete_inner(req.into_inner()).await;
+        observe(&self.replica, "delete", result)
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let _permit = self.replica.admit()?;
+        let result = self.txn_inner(req.into_inner()).await;
+        observe(&self.replica, "txn", result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

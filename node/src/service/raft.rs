@@ -1,0 +1,71 @@
+//! The receiving side of openraft's network (see [`crate::network`]), plus ReadIndex.
+//!
+//! A message that does not decode is `InvalidArgument` (the peer runs another build, or
+//! the bytes were damaged); Raft's own refusals travel back inside the reply as
+//! `Err(RaftError)` for openraft on the other side to act on.
+
+use seam_proto::v1 as pb;
+use seam_proto::v1::raft_server::Raft as RaftRpc;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::Request;
+use tonic::Response;
+use tonic::Status;
+
+use crate::replica::Replica;
+
+/// The `Raft` service of one node.
+#[derive(Clone)]
+pub struct RaftService {
+    replica: Replica,
+}
+
+impl RaftService {
+    pub fn new(replica: Replica) -> Self {
+        RaftService { replica }
+    }
+}
+
+fn decode<T: DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
+    bincode::deserialize(&msg.data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    let data =
+        bincode::serialize(value).map_err(|e| Status::internal(format!("encoding Raft reply: {e}")))?;
+    Ok(Response::new(pb::RaftMessage { data }))
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc = decode(req.get_ref())?;
+        encode(&self.replica.raft().append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc = decode(req.get_ref())?;
+        encode(&self.replica.raft().vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        let rpc = decode(req.get_ref())?;
+        encode(&self.replica.raft().install_snapshot(rpc).await)
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        let index = self.replica.local_read_index().await?;
+        let term = self.replica.raft().metrics().borrow().current_term;
+        Ok(Response::new(pb::ReadIndexResponse { index, term }))
+    }
+}
