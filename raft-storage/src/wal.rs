@@ -234,10 +234,24 @@ impl LogIndex {
     }
 
     /// Applies one record. `loc` is where it was written (used for entries).
+    ///
+    /// The first entry after the purge point may be further than one past it: replay of the
+    /// oldest kept segment starts with the purge point that segment was created with, and
+    /// the purge that deleted the segments before it comes later in the log. [`scan`]
+    /// checks the continuity once every record is applied; the live writer checks each
+    /// append with [`LogIndex::check_append`] before writing it.
     pub fn apply(&mut self, effect: Effect, loc: Loc) -> Result<(), String> {
         match effect {
             Effect::Entry(log_id) => {
-                self.check_append(log_id.index)?;
+                match (self.entries.back(), self.purged) {
+                    (Some(last), _) if log_id.index != last.log_id.index + 1 => {
+                        return Err(format!("entry {log_id} does not follow entry {}", last.log_id))
+                    }
+                    (None, Some(p)) if log_id.index <= p.index => {
+                        return Err(format!("entry {log_id} is at or below the purge point {p}"))
+                    }
+                    _ => {}
+                }
                 self.entries.push_back(Loc { log_id, ..loc });
             }
             Effect::Vote(v) => self.vote = Some(v),
@@ -392,6 +406,20 @@ pub(crate) fn scan(dir: &Path) -> Result<Scanned, StorageOpenError> {
             torn = Some(format!("{} at byte {offset}: {reason}", path.display()));
         }
         last_len = valid_len;
+    }
+    if let (Some(first), Some(purged)) = (index.entries.front(), index.purged) {
+        if first.log_id.index != purged.index + 1 {
+            let segment =
+                index.segments.get(&first.seq).map_or_else(|| dir.to_path_buf(), |s| s.path.clone());
+            return Err(StorageOpenError::CorruptLog {
+                path: segment,
+                offset: first.offset,
+                reason: format!(
+                    "the log is purged up to {purged} but its first entry is {}: entries are missing",
+                    first.log_id
+                ),
+            });
+        }
     }
     Ok(Scanned { dir: dir.to_path_buf(), index, last_len, torn })
 }
@@ -869,6 +897,37 @@ mod tests {
         assert_eq!(index.purged, Some(log_id(1, 1, 250)));
         drop(index);
         assert_eq!(read_all(&wal), (251..=300).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn replay_starts_from_a_kept_segment_whose_header_predates_the_purge() {
+        // The first kept segment opens with an old purge point; the purge that deleted its
+        // predecessors is recorded after its first entries.
+        let tmp = TempDir::new().expect("tempdir");
+        let mut wal = open(tmp.path(), 4096);
+        for i in 1..=100 {
+            wal.append([entry(1, i)]).expect("append");
+        }
+        wal.write_record(Record::Purge(log_id(1, 1, 10))).expect("purge");
+        for i in 101..=400 {
+            wal.append([entry(1, i)]).expect("append");
+        }
+        wal.write_record(Record::Purge(log_id(1, 1, 350))).expect("purge");
+        assert!(wal.remove_dead_segments().expect("remove") > 0);
+        drop(wal);
+        let wal = open(tmp.path(), 4096);
+        assert_eq!(read_all(&wal), (351..=400).collect::<Vec<_>>());
+
+        // Deleting the segment that holds the purge record leaves a real hole.
+        let first = segment_files(tmp.path()).remove(0);
+        let mut wal = open(tmp.path(), 4096);
+        for i in 401..=700 {
+            wal.append([entry(1, i)]).expect("append");
+        }
+        drop(wal);
+        std::fs::remove_file(tmp.path().join(&first)).expect("rm");
+        let msg = scan(tmp.path()).expect_err("entries missing").to_string();
+        assert!(msg.contains("entries are missing") || msg.contains("does not follow"), "{msg}");
     }
 
     #[test]
