@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,10 +23,12 @@ pub const PEER_CHANNELS_MAX: usize = 1024;
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 
-/// Links this node must treat as broken, and latency to add to outgoing calls.
+/// Links this node must treat as broken, latency to add to outgoing calls, and replies
+/// to lose after a proposal applied (to test that retries apply once).
 #[derive(Debug, Default)]
 pub struct Faults {
     inner: Mutex<FaultState>,
+    lost_replies: AtomicU64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -64,6 +68,18 @@ impl Faults {
     /// Removes every fault.
     pub fn heal(&self) {
         *self.lock() = FaultState::default();
+        self.lost_replies.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` applied proposals on this node answer `Indeterminate` instead of
+    /// their result, as if the reply had been lost on the way back.
+    pub fn lose_next_replies(&self, n: u64) {
+        self.lost_replies.store(n, Ordering::SeqCst);
+    }
+
+    /// Whether the reply of the proposal that just applied is to be lost (consumes one).
+    pub fn take_lost_reply(&self) -> bool {
+        self.lost_replies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
     }
 
     /// Waits out the injected latency to `peer`; `Err` if the link is cut.

@@ -195,6 +195,9 @@ impl Replica {
                 "proposal not applied within request_timeout_ms ({})",
                 self.inner.config.limits.request_timeout_ms
             ))),
+            Ok(Ok(_)) if self.inner.peers.faults.take_lost_reply() => {
+                Err(NodeError::Indeterminate("reply lost (fault injection)".into()))
+            }
             Ok(Ok(reply)) => match reply.data {
                 Response::Rejected(r) => Err(NodeError::Rejected(r)),
                 response => Ok(response),

@@ -72,6 +72,16 @@ where
     }
 }
 
+/// A client for `config`, refreshed once if the cluster answers (the operations route
+/// themselves even before a refresh).
+pub async fn connect(config: seam_client::ClientConfig) -> seam_client::Client {
+    let client = seam_client::Client::new(config).expect("valid client config");
+    if let Err(e) = client.refresh().await {
+        tracing::info!(error = %e, "first refresh failed; the client will route as it learns");
+    }
+    client
+}
+
 /// A cluster of in-process nodes.
 pub struct TestCluster {
     pub configs: BTreeMap<NodeId, Config>,
@@ -140,6 +150,42 @@ impl TestCluster {
                 self.nodes.values().map(|n| n.replica.raft().metrics().borrow().current_leader).collect();
             let first = leaders.first().copied().flatten()?;
             leaders.iter().all(|l| *l == Some(first)).then_some(first)
+        })
+        .await
+    }
+
+    /// Starts node `id` with an empty data directory and no bootstrap list: a node ready to
+    /// be added with `member add-learner`.
+    pub async fn start_joiner(&mut self, id: NodeId) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut c = test_config(id, self._dir.path());
+        c.listen = addr.to_string();
+        let faults = Arc::new(Faults::default());
+        let handle =
+            seam_node::server::start(c.clone(), listener, faults.clone()).await.expect("joiner starts");
+        self.addrs.insert(id, addr);
+        self.configs.insert(id, c);
+        self.faults.insert(id, faults);
+        self.nodes.insert(id, handle);
+    }
+
+    /// A client of the running nodes, with timeouts sized for tests.
+    pub async fn client(&self) -> seam_client::Client {
+        let mut config = seam_client::ClientConfig::new(self.endpoints()).with_region("region-1");
+        config.request_timeout_ms = 4000;
+        config.retries_max = 20;
+        config.backoff_max_ms = 500;
+        connect(config).await
+    }
+
+    /// A leader, other than `old`, that every running node agrees on.
+    pub async fn new_leader(&self, old: NodeId, timeout: Duration) -> NodeId {
+        eventually("a new agreed leader", timeout, || async {
+            let leaders: Vec<Option<NodeId>> =
+                self.nodes.values().map(|n| n.replica.raft().metrics().borrow().current_leader).collect();
+            let first = leaders.first().copied().flatten()?;
+            (first != old && leaders.iter().all(|l| *l == Some(first))).then_some(first)
         })
         .await
     }
