@@ -162,12 +162,13 @@ async fn a_lagging_follower_catches_up_from_a_snapshot() {
         "node {lagging} installed a snapshot: {:?}",
         m.snapshot
     );
-    let state = cluster.node(lagging).replica.state().read();
-    for i in 0..300 {
-        let kv = state.get(format!("s/{i:04}").as_bytes()).expect("key present on the lagging node");
-        assert_eq!(kv.value, format!("{i}").into_bytes());
+    {
+        let state = cluster.node(lagging).replica.state().read();
+        for i in 0..300 {
+            let kv = state.get(format!("s/{i:04}").as_bytes()).expect("key present on the lagging node");
+            assert_eq!(kv.value, format!("{i}").into_bytes());
+        }
     }
-    drop(state);
     cluster.shutdown().await;
 }
 
