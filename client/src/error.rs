@@ -8,8 +8,13 @@
 //!   the effect as unknown (read back, or retry the whole logical step idempotently).
 //!
 //! The server's [`ErrorDetail`](seam_proto::v1::ErrorDetail) maps one to one onto the
-//! variants below; a gRPC status without a detail is classified by where it came from
-//! (see [`Error::from_status`]).
+//! variants below. A gRPC status without a detail is classified by where it came from:
+//! a failure to connect (or a channel that was never ready) is [`Error::Transport`],
+//! definite, because nothing was sent; `UNAVAILABLE`, `CANCELLED`, `DEADLINE_EXCEEDED`,
+//! `UNKNOWN`, `INTERNAL`, `ABORTED` and `DATA_LOSS` (and a local request timeout) mean the
+//! request may have reached the node: [`Error::Indeterminate`] for a write, a retryable
+//! [`Error::Transport`] for a read; `INVALID_ARGUMENT` is [`Error::InvalidArgument`]; any
+//! other code is [`Error::Rejected`], definite.
 
 use std::error::Error as _;
 
