@@ -253,6 +253,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.wait_for_coverage(log_id).await?;
         let segment = self.wal.write_record(Record::Purge(log_id)).map_err(error::write_logs)?;
         self.sync(segment).await.map_err(error::write_logs)?;
+        // Everything purged: move to a fresh segment so the whole log can be freed. The new
+        // segment restates the vote and purge point; it is synced before the old one goes.
+        if let Some(fresh) = self.wal.rotate_if_drained().map_err(error::write_logs)? {
+            self.sync(fresh).await.map_err(error::write_logs)?;
+        }
         let deleted = self.wal.remove_dead_segments().map_err(error::write_logs)?;
         tracing::debug!(upto = %log_id, deleted, "purged the log");
         Ok(())

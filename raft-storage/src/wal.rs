@@ -680,6 +680,19 @@ impl Wal {
         Ok(())
     }
 
+    /// If every entry is purged but the active segment holds (dead) entries, starts a new
+    /// segment so that the old one can be deleted; returns the new segment, whose opening
+    /// state records must be synced before any older segment is deleted.
+    pub fn rotate_if_drained(&mut self) -> io::Result<Option<Arc<Segment>>> {
+        self.check_poisoned()?;
+        let drained = self.index.read().unwrap_or_else(|e| e.into_inner()).entries.is_empty();
+        if !drained || self.active_len <= self.active_header_len {
+            return Ok(None);
+        }
+        self.rotate().inspect_err(|_| self.poison())?;
+        Ok(Some(self.active.clone()))
+    }
+
     /// Deletes, oldest first, the segments that hold no live entry (never the active one).
     /// Call only after the purge that made them dead is durable. Returns how many it deleted.
     pub fn remove_dead_segments(&mut self) -> io::Result<usize> {

@@ -117,13 +117,19 @@ async fn an_installed_snapshot_survives_reopen() {
     };
     {
         let (mut log, mut sm) = open_data(&follower);
+        log.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
         log.blocking_append((1..=5).map(|i| put(1, i))).await.expect("append");
         let mut buffer = sm.begin_receiving_snapshot().await.expect("begin");
         *buffer = *snapshot.snapshot;
         sm.install_snapshot(&snapshot.meta, buffer).await.expect("install");
         log.purge(log_id(1, 1, 20)).await.expect("purge after install");
     }
+    // The purge emptied the log: its segment was replaced by a fresh one that restates the
+    // vote and the purge point.
+    assert_eq!(segments(&follower), vec!["00000000000000000002.wal"]);
     let (mut log, mut sm) = open_data(&follower);
+    assert_eq!(log.read_vote().await.expect("vote"), Some(Vote::new_committed(1, 1)));
+    assert_eq!(log.get_log_state().await.expect("state").last_purged_log_id, Some(log_id(1, 1, 20)));
     assert_eq!(log.get_log_state().await.expect("state").last_log_id, Some(log_id(1, 1, 20)));
     assert_eq!(sm.applied_state().await.expect("applied").0, Some(log_id(1, 1, 20)));
     assert_eq!(sm.state().read().get(&key(20)).map(|kv| kv.value.clone()), Some(value(1, 20)));
