@@ -17,7 +17,7 @@
 //!   writer.
 //! - `log`: [`LogStore`], openraft's log storage over it, with group commit.
 //! - `snapshot`: durable snapshot files.
-//! - `sm`: [`StateMachineStore`], openraft's state machine storage over [`state`] and sled.
+//! - [`sm`]: [`StateMachineStore`], openraft's state machine storage over [`state`] and sled.
 //! - `dir`: the data directory: identity, lock, and [`open`].
 //! - `config`, `error`: [`StorageConfig`] and [`StorageOpenError`].
 
@@ -25,7 +25,7 @@ pub mod config;
 mod dir;
 pub mod error;
 mod log;
-mod sm;
+pub mod sm;
 mod snapshot;
 pub mod state;
 pub mod types;

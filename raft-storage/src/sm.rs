@@ -12,10 +12,12 @@
 //! - sled is not synced on apply. The log is the durable source: on restart openraft
 //!   re-applies the committed entries after sled's applied log id, and applying is
 //!   deterministic, so what sled lost is recomputed exactly.
-//! - purged <= snapshot <= applied. A snapshot file is durable before openraft learns of it
-//!   (and so before it purges the log up to it); if sled lost applies that the purged log can
-//!   no longer replay, the snapshot covers them, and opening reinstalls it (see
-//!   [`StateMachineStore::open`]).
+//! - purged <= snapshot <= applied. A built snapshot's file is durable before openraft
+//!   learns of it, so before openraft purges the log up to it. A received snapshot's file is
+//!   made durable first thing in `install_snapshot`, and a purge past it waits for that
+//!   (openraft 0.9 issues that purge without waiting for the install; see `docs/storage.md`).
+//!   If sled lost applies that the purged log can no longer replay, the snapshot covers
+//!   them, and opening the directory reinstalls it.
 //! - I/O failures are returned as [`StorageError`] (fatal to the Raft node) and the entries
 //!   are never reported applied.
 //!

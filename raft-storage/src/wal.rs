@@ -25,6 +25,11 @@
 //! - A segment is complete (fdatasync'd) before its successor is created, and the log
 //!   directory is fsync'd after a segment is created or deleted. So only the last segment can
 //!   end in a torn record, and a prefix of the log survives any crash.
+//! - The active segment opens with the complete state (vote, committed, purge point) and
+//!   holds every later change of it, so it alone carries the state: older segments can go
+//!   once they hold no live entry. Opening always resumes in such a segment (a fresh one,
+//!   or the empty last one given its opening records), because a crash during a rotation can
+//!   leave the last segment with incomplete opening records.
 //! - After an `fdatasync` of the active segment returns, every record written before it
 //!   was issued is durable (older segments were synced when they were closed).
 //! - Records are written with one `write` per batch at an explicit offset (`pwrite`), never
@@ -489,10 +494,9 @@ impl Wal {
     /// an empty log.
     pub fn open(scanned: Scanned, segment_bytes_max: u64) -> Result<Wal, StorageOpenError> {
         let Scanned { dir, index, last_len, torn } = scanned;
-        let poisoned = Arc::new(AtomicBool::new(false));
         let index = Arc::new(RwLock::new(index));
         let last = index.read().unwrap_or_else(|e| e.into_inner()).segments.values().next_back().cloned();
-        let wal = match last {
+        let (active, active_len) = match last {
             Some(active) => {
                 if let Some(torn) = torn {
                     tracing::warn!(
@@ -502,40 +506,44 @@ impl Wal {
                     active.file.set_len(last_len).map_err(io_err)?;
                     active.file.sync_all().map_err(io_err)?;
                 }
-                Wal {
-                    dir,
-                    index,
-                    active,
-                    active_len: last_len,
-                    active_header_len: 0,
-                    segment_bytes_max,
-                    poisoned,
-                    buf: Vec::new(),
-                    effects: Vec::new(),
-                }
+                (active, last_len)
             }
             None => {
                 let active = create_segment(&dir, 1).map_err(|e| StorageOpenError::io(&dir, e))?;
                 index.write().unwrap_or_else(|e| e.into_inner()).segments.insert(1, active.clone());
-                Wal {
-                    dir,
-                    index,
-                    active,
-                    active_len: 0,
-                    active_header_len: 0,
-                    segment_bytes_max,
-                    poisoned,
-                    buf: Vec::new(),
-                    effects: Vec::new(),
-                }
+                (active, 0)
             }
         };
-        // A fresh first segment is synced with its directory so that a crash right after
-        // opening never leaves a log directory without a segment.
+        let mut wal = Wal {
+            dir,
+            index,
+            active,
+            active_len,
+            active_header_len: 0,
+            segment_bytes_max,
+            poisoned: Arc::new(AtomicBool::new(false)),
+            buf: Vec::new(),
+            effects: Vec::new(),
+        };
+        // Writing continues in a segment that opens with the complete current state: the last
+        // segment's own opening records may be incomplete if a crash interrupted the rotation
+        // that created it, and once the segments before it are purged nothing else would
+        // hold the vote. An empty last segment gets the opening records; otherwise a new
+        // segment starts. Either way it is synced, with the directory, before use.
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e| StorageOpenError::io(&path, e)
+        };
         if wal.active_len == 0 {
-            wal.active.file.sync_all().map_err(|e| StorageOpenError::io(&wal.active.path, e))?;
-            sync_dir(&wal.dir).map_err(|e| StorageOpenError::io(&wal.dir, e))?;
+            let header = wal.opening_records().map_err(io_err(&wal.active.path))?;
+            wal.active.file.write_all_at(&header, 0).map_err(io_err(&wal.active.path))?;
+            wal.active_len = header.len() as u64;
+            wal.active_header_len = wal.active_len;
+        } else {
+            wal.rotate().map_err(io_err(&wal.dir))?;
         }
+        wal.active.file.sync_all().map_err(io_err(&wal.active.path))?;
+        sync_dir(&wal.dir).map_err(io_err(&wal.dir))?;
         Ok(wal)
     }
 
@@ -658,11 +666,22 @@ impl Wal {
         let seq = self.active.seq + 1;
         let segment = create_segment(&self.dir, seq)?;
         sync_dir(&self.dir)?;
-        let mut header = Vec::new();
+        let header = self.opening_records()?;
+        segment.file.write_all_at(&header, 0)?;
+        self.index.write().unwrap_or_else(|e| e.into_inner()).segments.insert(seq, segment.clone());
+        self.active = segment;
+        self.active_len = header.len() as u64;
+        self.active_header_len = self.active_len;
+        Ok(())
+    }
+
+    /// The records a segment opens with: the current vote, committed log id and purge point.
+    fn opening_records(&self) -> io::Result<Vec<u8>> {
         let (vote, committed, purged) = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             (index.vote, index.committed, index.purged)
         };
+        let mut header = Vec::new();
         if let Some(vote) = vote {
             encode(&Record::Vote(vote), &mut header)?;
         }
@@ -672,12 +691,7 @@ impl Wal {
         if let Some(purged) = purged {
             encode(&Record::Purge(purged), &mut header)?;
         }
-        segment.file.write_all_at(&header, 0)?;
-        self.index.write().unwrap_or_else(|e| e.into_inner()).segments.insert(seq, segment.clone());
-        self.active = segment;
-        self.active_len = header.len() as u64;
-        self.active_header_len = self.active_len;
-        Ok(())
+        Ok(header)
     }
 
     /// If every entry is purged but the active segment holds (dead) entries, starts a new
@@ -809,32 +823,31 @@ mod tests {
 
     #[test]
     fn torn_tail_of_last_segment_is_truncated() {
-        let tmp = TempDir::new().expect("tempdir");
-        let path = tmp.path().join(segment_name(1));
-        {
-            let mut wal = open(tmp.path(), 1 << 20);
-            wal.append((1..=5).map(|i| entry(1, i))).expect("append");
-        }
-        let full = std::fs::metadata(&path).expect("meta").len();
         // Every way a crash can cut the last record: mid-header, mid-payload, zero-filled
-        // tail, garbage in the payload.
-        let frame = full / 5;
-        type Damage = Box<dyn Fn(&Path)>;
+        // tail, garbage in the payload. `frame` and `full` are the last record's length and
+        // the segment's.
+        type Damage = Box<dyn Fn(&Path, u64, u64)>;
         let damages: Vec<Damage> = vec![
-            Box::new(move |p| truncate(p, full - frame + 3)),
-            Box::new(move |p| truncate(p, full - 10)),
-            Box::new(move |p| {
+            Box::new(|p, full, frame| truncate(p, full - frame + 3)),
+            Box::new(|p, full, _| truncate(p, full - 10)),
+            Box::new(|p, full, _| {
                 let f = OpenOptions::new().write(true).open(p).expect("open");
                 f.write_all_at(&[0; 100], full).expect("zeros");
             }),
-            Box::new(move |p| {
+            Box::new(|p, full, _| {
                 let f = OpenOptions::new().write(true).open(p).expect("open");
                 f.write_all_at(b"garbage", full - 20).expect("garbage");
             }),
         ];
         for damage in damages {
-            let backup = std::fs::read(&path).expect("backup");
-            damage(&path);
+            let tmp = TempDir::new().expect("tempdir");
+            {
+                let mut wal = open(tmp.path(), 1 << 20);
+                wal.append((1..=5).map(|i| entry(1, i))).expect("append");
+            }
+            let last = tmp.path().join(segment_files(tmp.path()).pop().expect("a segment"));
+            let full = std::fs::metadata(&last).expect("meta").len();
+            damage(&last, full, full / 5);
             let mut wal = open(tmp.path(), 1 << 20);
             let got = read_all(&wal);
             assert!(got == (1..=4).collect::<Vec<_>>() || got == (1..=5).collect::<Vec<_>>(), "{got:?}");
@@ -844,8 +857,6 @@ mod tests {
             drop(wal);
             let wal = open(tmp.path(), 1 << 20);
             assert_eq!(read_all(&wal), (1..=next).collect::<Vec<_>>());
-            drop(wal);
-            std::fs::write(&path, backup).expect("restore");
         }
     }
 
@@ -941,6 +952,27 @@ mod tests {
         std::fs::remove_file(tmp.path().join(&first)).expect("rm");
         let msg = scan(tmp.path()).expect_err("entries missing").to_string();
         assert!(msg.contains("entries are missing") || msg.contains("does not follow"), "{msg}");
+    }
+
+    #[test]
+    fn a_rotation_cut_short_by_a_crash_does_not_lose_the_vote() {
+        let tmp = TempDir::new().expect("tempdir");
+        let mut wal = open(tmp.path(), 4096);
+        wal.write_record(Record::Vote(Vote::new(5, 1))).expect("vote");
+        wal.append((1..=10).map(|i| entry(1, i))).expect("append");
+        drop(wal);
+        // The crash left the next segment created but without its opening records.
+        std::fs::File::create(tmp.path().join(segment_name(2))).expect("empty segment");
+        let mut wal = open(tmp.path(), 4096);
+        for i in 11..=200 {
+            wal.append([entry(1, i)]).expect("append");
+        }
+        wal.write_record(Record::Purge(log_id(1, 1, 199))).expect("purge");
+        assert!(wal.remove_dead_segments().expect("remove") > 0);
+        drop(wal);
+        let wal = open(tmp.path(), 4096);
+        assert_eq!(wal.index().read().expect("lock").vote, Some(Vote::new(5, 1)), "the vote survived");
+        assert_eq!(read_all(&wal), vec![200]);
     }
 
     #[test]
