@@ -664,7 +664,7 @@ fn own_result(key: Vec<u8>, value: Option<Vec<u8>>, hlc: Option<Hlc>) -> GetResu
 
 /// The smallest key greater than every key starting with `prefix` (`None`: no such key,
 /// the prefix is all 0xff).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -6,6 +6,7 @@
 //! the state machine of `seam-raft-storage`), [`service`] (the gRPC API), [`server`]
 //! (start and stop), [`http`] and [`metrics`] (observability).
 
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod error;
