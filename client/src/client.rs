@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use seam_proto::v1 as pb;
 use seam_proto::v1::cluster_client::ClusterClient;
@@ -85,7 +85,6 @@ struct View {
     leader_id: u64,
     leader_addr: Option<String>,
     term: u64,
-    last_refresh: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -151,9 +150,16 @@ headed!(
 
 impl Client {
     /// Creates a client without contacting the cluster (the background refresh does that
-    /// soon after). Fails only on an invalid configuration. Must run inside a Tokio runtime.
+    /// soon after). Fails on an invalid configuration, or outside a Tokio runtime.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
         config.validate()?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::InvalidArgument {
+                limit: String::new(),
+                max: 0,
+                message: "seam_client::Client must be created inside a Tokio runtime".into(),
+            });
+        }
         let client_id =
             config.client_id.clone().unwrap_or_else(|| format!("c-{:016x}", rand::random::<u64>()));
         // Request ids start at the wall clock in microseconds, so a client that restarts with
@@ -488,7 +494,9 @@ impl Inner {
         }
     }
 
-    /// Loads members, leader and policies from any node.
+    /// Loads members, leader and policies from any node. Fails only when no node answers
+    /// `Cluster.Status`; a node without the policy service (or a failed policy list) leaves
+    /// the cached table as it was, which costs at most a hop per request.
     pub(crate) async fn refresh(&self) -> Result<(), Error> {
         self.refresh_members().await?;
         let id = self.next_request_id();
@@ -499,9 +507,12 @@ impl Inner {
             retries_max: self.config.retries_max,
         };
         let req = pb::ListPoliciesRequest { header: Some(self.header(id, None)) };
-        let list = self.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await?;
-        self.set_policies(list.policies.into_iter().map(Policy::from_proto).collect());
-        lock(&self.view).last_refresh = Some(Instant::now());
+        match self.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await {
+            Ok(list) => self.set_policies(list.policies.into_iter().map(Policy::from_proto).collect()),
+            Err(e) => {
+                tracing::debug!(error = %e, "seam client: policy list failed; keeping the cached table")
+            }
+        }
         Ok(())
     }
 

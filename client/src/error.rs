@@ -249,7 +249,11 @@ impl Error {
         if let Some(kind) = seam_proto::status::detail(status) {
             return Error::from_detail(kind);
         }
-        let message = status.message().to_string();
+        let message = if status.message().is_empty() {
+            status.code().description().to_string()
+        } else {
+            status.message().to_string()
+        };
         if never_sent(status) {
             return Error::Transport { addr: addr.to_string(), message };
         }

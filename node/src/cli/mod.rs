@@ -623,7 +623,7 @@ async fn range(
     let mut lines: Vec<String> =
         kvs.iter().map(|kv| format!("{} = {}", lossy(&kv.key), lossy(&kv.value))).collect();
     if more {
-        lines.push(format!("... more keys follow; continue with: seam range {:?}", lossy(&next_start)));
+        lines.push(format!("... more keys follow from {:?} (raise --limit to see them)", lossy(&next_start)));
     }
     let json = json!({
         "kvs": kvs.iter().map(kv_json).collect::<Vec<_>>(),
