@@ -16,8 +16,13 @@
 //! - A command either applies completely or is [`Response::Rejected`] and changes nothing
 //!   but the dedup session that remembers the rejection.
 //! - Fencing tokens are Raft indexes of grant entries, so they strictly increase per key.
-//! - Every key's effective tier is changed from relaxed to sacred only by `PolicyPromote`,
-//!   which writes the relaxed tier's converged values in the same entry.
+//! - Every key's effective tier is changed from relaxed to sacred only by `PolicyPromote`
+//!   (or `PolicyPromoteFrozen`), which writes the relaxed tier's converged values in the
+//!   same entry.
+//! - A relaxed key's period start (`FieldPolicy::relaxed_since_ms`, the timestamp of its
+//!   frozen sacred seed) changes only when the key moves from sacred to relaxed.
+//! - A frozen field (`PolicyFreeze`) keeps its policy and its keys until the freeze ends by
+//!   `PolicyPromoteFrozen` or `PolicyUnfreeze` naming the same freeze revision.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -527,6 +532,13 @@ impl State {
                 self.policy_promote(revision, prefix, policy, values)
             }
             Command::Configure(settings) => self.configure(revision, settings),
+            Command::PolicyFreeze { prefix } => self.policy_freeze(revision, prefix),
+            Command::PolicyUnfreeze { prefix, frozen_revision } => {
+                self.policy_unfreeze(revision, prefix, *frozen_revision)
+            }
+            Command::PolicyPromoteFrozen { prefix, policy, values, frozen_revision } => self
+                .frozen_field(prefix, *frozen_revision)
+                .and_then(|_| self.policy_promote(revision, prefix, policy, values)),
         };
         result.unwrap_or_else(Response::Rejected)
     }
@@ -879,11 +891,20 @@ impl State {
         let key = record::key(record::POLICY, prefix);
         match policy {
             Some(policy) => {
+                // Keys that stay relaxed keep the start of their relaxed period (see
+                // `FieldPolicy::relaxed_since_ms`); keys that become relaxed start one now.
+                // The keys this field governs from now on were governed by `field(prefix)`.
+                let relaxed_since_ms = match self.field(prefix) {
+                    Some(f) if f.policy.tier == Tier::Relaxed => f.relaxed_since_ms,
+                    _ => self.now_ms,
+                };
                 let fp = FieldPolicy {
                     prefix: prefix.to_vec(),
                     policy: policy.clone(),
                     revision,
                     set_ms: self.now_ms,
+                    relaxed_since_ms: if policy.tier == Tier::Relaxed { relaxed_since_ms } else { 0 },
+                    frozen: None,
                 };
                 self.changes.push((key, Some(encode(&fp))));
                 self.policies.insert(prefix.to_vec(), fp).map(|f| f.policy)
@@ -892,6 +913,22 @@ impl State {
                 self.changes.push((key, None));
                 self.policies.remove(prefix).map(|f| f.policy)
             }
+        }
+    }
+
+    /// Refuses a policy change that would move keys into or out of a frozen field: its
+    /// values are being collected for a promotion.
+    fn check_not_frozen(&self, prefix: &[u8], field: Option<&FieldPolicy>) -> Result<(), Rejection> {
+        match field {
+            Some(FieldPolicy { frozen: Some(r), prefix: frozen_prefix, .. }) => {
+                Err(Rejection::InvalidArgument(format!(
+                    "keys under {:?} belong to field {:?}, frozen by revision {r} while it is promoted to \
+                     sacred; retry when the promotion ends",
+                    field_name(prefix),
+                    field_name(frozen_prefix)
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -906,6 +943,7 @@ impl State {
                 field_name(&field)
             )));
         }
+        self.check_not_frozen(prefix, self.field(prefix))?;
         if !self.policies.contains_key(prefix) && self.policies.len() as u64 >= self.settings.policies_max {
             return Err(Rejection::QuotaExceeded {
                 limit: "policies_max".into(),
@@ -919,22 +957,109 @@ impl State {
     }
 
     fn policy_remove(&mut self, revision: u64, prefix: &[u8]) -> Result<Response, Rejection> {
-        let Some(own) = self.policies.get(prefix).map(|f| f.policy.clone()) else {
+        let Some(own) = self.policies.get(prefix).cloned() else {
             return Err(Rejection::InvalidArgument(format!("no field {:?} to remove", field_name(prefix))));
         };
-        let parent =
-            (0..prefix.len()).rev().find_map(|n| self.policies.get(&prefix[..n])).map(|f| f.policy.clone());
-        let after_tier = parent.as_ref().map_or(Tier::Sacred, |p| p.tier);
-        if own.tier == Tier::Relaxed && after_tier == Tier::Sacred {
+        let parent = (0..prefix.len()).rev().find_map(|n| self.policies.get(&prefix[..n])).cloned();
+        self.check_not_frozen(prefix, Some(&own))?;
+        self.check_not_frozen(prefix, parent.as_ref())?;
+        let after_tier = parent.as_ref().map_or(Tier::Sacred, |p| p.policy.tier);
+        if own.policy.tier == Tier::Relaxed && after_tier == Tier::Sacred {
             return Err(Rejection::InvalidArgument(format!(
                 "field {:?} is relaxed; removing it would make its keys sacred: use `policy promote`",
                 field_name(prefix)
             )));
         }
+        // The keys' relaxed period (the timestamp of their seed) must not change: a later
+        // start would let the frozen seed beat relaxed writes, an earlier one would let
+        // entries of an earlier period beat the seed.
+        if let Some(parent) = parent.as_ref().filter(|p| p.policy.tier == Tier::Relaxed) {
+            if own.policy.tier == Tier::Sacred || own.relaxed_since_ms != parent.relaxed_since_ms {
+                return Err(Rejection::InvalidArgument(format!(
+                    "removing field {:?} would move its keys into the relaxed period of field {:?}; \
+                     set the policy you want on {:?} instead",
+                    field_name(prefix),
+                    field_name(&parent.prefix),
+                    field_name(prefix)
+                )));
+            }
+        }
         let before = self.write_policy(revision, prefix, None);
         let change = self.record_change(revision, prefix, before, None);
         self.meta_dirty = true;
         Ok(Response::Policy { revision, change })
+    }
+
+    fn policy_freeze(&mut self, revision: u64, prefix: &[u8]) -> Result<Response, Rejection> {
+        Self::check_key(prefix).map_err(|_| {
+            Rejection::InvalidArgument(format!("field prefix must be 1..={KEY_BYTES_HARD_MAX} bytes"))
+        })?;
+        let Some(field) = self.field(prefix).filter(|f| f.policy.tier == Tier::Relaxed).cloned() else {
+            return Err(Rejection::InvalidArgument(format!(
+                "keys under {:?} are sacred; only a relaxed field can be frozen",
+                field_name(prefix)
+            )));
+        };
+        if let Some(r) = field.frozen {
+            return Err(Rejection::InvalidArgument(format!(
+                "field {:?} is already frozen by revision {r}: a promotion is in progress",
+                field_name(&field.prefix)
+            )));
+        }
+        let fp = if field.prefix == prefix {
+            FieldPolicy { frozen: Some(revision), ..field }
+        } else {
+            if self.policies.len() as u64 >= self.settings.policies_max {
+                return Err(Rejection::QuotaExceeded {
+                    limit: "policies_max".into(),
+                    max: self.settings.policies_max,
+                });
+            }
+            // A field of its own, governed like its parent (same period), frozen.
+            FieldPolicy {
+                prefix: prefix.to_vec(),
+                policy: field.policy,
+                revision,
+                set_ms: self.now_ms,
+                relaxed_since_ms: field.relaxed_since_ms,
+                frozen: Some(revision),
+            }
+        };
+        self.changes.push((record::key(record::POLICY, prefix), Some(encode(&fp))));
+        self.policies.insert(prefix.to_vec(), fp);
+        Ok(Response::Done { revision })
+    }
+
+    /// The own field of `prefix` if it is frozen by the entry at `frozen_revision`.
+    fn frozen_field(&self, prefix: &[u8], frozen_revision: u64) -> Result<FieldPolicy, Rejection> {
+        match self.policies.get(prefix) {
+            Some(f) if f.frozen == Some(frozen_revision) => Ok(f.clone()),
+            _ => Err(Rejection::InvalidArgument(format!(
+                "field {:?} is not frozen by revision {frozen_revision} (the promotion was abandoned \
+                 or finished)",
+                field_name(prefix)
+            ))),
+        }
+    }
+
+    fn policy_unfreeze(
+        &mut self,
+        revision: u64,
+        prefix: &[u8],
+        frozen_revision: u64,
+    ) -> Result<Response, Rejection> {
+        let field = self.frozen_field(prefix, frozen_revision)?;
+        let key = record::key(record::POLICY, prefix);
+        if field.revision == frozen_revision {
+            // The freeze created the field: remove it, its parent governs as before.
+            self.changes.push((key, None));
+            self.policies.remove(prefix);
+        } else {
+            let fp = FieldPolicy { frozen: None, ..field };
+            self.changes.push((key, Some(encode(&fp))));
+            self.policies.insert(prefix.to_vec(), fp);
+        }
+        Ok(Response::Done { revision })
     }
 
     fn policy_promote(

@@ -467,3 +467,80 @@ fn load_refuses_corrupt_records() {
     assert!(State::load(vec![(b"zzz".to_vec(), vec![])]).is_err(), "unknown kind");
     assert!(State::load(vec![(Vec::new(), vec![])]).is_err(), "empty key");
 }
+
+#[test]
+fn relaxed_period_survives_relaxed_changes_and_freezes_guard_promotion() {
+    let mut d = Driver::new();
+    d.at(1_000).apply(put("cart/1", "a"));
+    d.at(2_000).apply(Command::PolicySet { prefix: b"cart/".to_vec(), policy: relaxed(60_000) });
+    let since = |d: &Driver, k: &[u8]| d.state.field(k).map(|f| f.relaxed_since_ms);
+    assert_eq!(since(&d, b"cart/1"), Some(2_000));
+    // A new budget, a nested field and a freeze keep the period (the seed's timestamp).
+    d.at(3_000).apply(Command::PolicySet { prefix: b"cart/".to_vec(), policy: relaxed(5_000) });
+    d.at(4_000).apply(Command::PolicySet { prefix: b"cart/x/".to_vec(), policy: relaxed(1_000) });
+    assert_eq!((since(&d, b"cart/1"), since(&d, b"cart/x/1")), (Some(2_000), Some(2_000)));
+    let freeze = d.at(5_000).apply(Command::PolicyFreeze { prefix: b"cart/".to_vec() });
+    let Response::Done { revision: frozen } = freeze else { panic!("freeze: {freeze:?}") };
+    assert_eq!(d.state.field(b"cart/1").and_then(|f| f.frozen), Some(frozen));
+    assert_eq!(since(&d, b"cart/1"), Some(2_000));
+    // While frozen: no second freeze, no policy change, no promotion under another freeze.
+    assert!(matches!(
+        rejected(d.apply(Command::PolicyFreeze { prefix: b"cart/".to_vec() })),
+        Rejection::InvalidArgument(_)
+    ));
+    assert!(matches!(
+        rejected(d.apply(Command::PolicySet { prefix: b"cart/".to_vec(), policy: relaxed(9) })),
+        Rejection::InvalidArgument(_)
+    ));
+    let promote = |frozen_revision| Command::PolicyPromoteFrozen {
+        prefix: b"cart/".to_vec(),
+        policy: Policy::DEFAULT,
+        values: vec![(b"cart/1".to_vec(), Some(b"z".to_vec()))],
+        frozen_revision,
+    };
+    assert!(matches!(rejected(d.apply(promote(frozen + 100))), Rejection::InvalidArgument(_)));
+    // Unfreeze, then a new freeze: the old freeze's promotion is refused.
+    assert!(matches!(
+        d.apply(Command::PolicyUnfreeze { prefix: b"cart/".to_vec(), frozen_revision: frozen }),
+        Response::Done { .. }
+    ));
+    assert_eq!(d.state.field(b"cart/1").and_then(|f| f.frozen), None);
+    let Response::Done { revision: again } = d.apply(Command::PolicyFreeze { prefix: b"cart/".to_vec() })
+    else {
+        panic!("second freeze refused")
+    };
+    assert!(matches!(rejected(d.apply(promote(frozen))), Rejection::InvalidArgument(_)));
+    assert!(matches!(d.apply(promote(again)), Response::Policy { .. }));
+    assert_eq!(d.state.policy(b"cart/1").1.tier, Tier::Sacred);
+    assert_eq!(d.state.get(b"cart/1").map(|kv| kv.value.clone()), Some(b"z".to_vec()));
+    assert_eq!(d.state.field(b"cart/1").and_then(|f| f.frozen), None);
+}
+
+#[test]
+fn freezing_a_subprefix_creates_a_field_that_unfreezing_removes() {
+    let mut d = Driver::new();
+    d.at(1_000).apply(Command::PolicySet { prefix: b"a/".to_vec(), policy: relaxed(1_000) });
+    let Response::Done { revision } = d.at(2_000).apply(Command::PolicyFreeze { prefix: b"a/b/".to_vec() })
+    else {
+        panic!("freeze refused")
+    };
+    let f = d.state.field(b"a/b/1").cloned().expect("a field of its own");
+    assert_eq!((f.prefix.as_slice(), f.frozen, f.relaxed_since_ms), (&b"a/b/"[..], Some(revision), 1_000));
+    assert_eq!(d.state.field(b"a/c").and_then(|f| f.frozen), None, "the parent stays writable");
+    d.apply(Command::PolicyUnfreeze { prefix: b"a/b/".to_vec(), frozen_revision: revision });
+    assert_eq!(d.state.field(b"a/b/1").map(|f| f.prefix.clone()), Some(b"a/".to_vec()));
+    // Sacred keys cannot be frozen; removals that would shift a relaxed period are refused.
+    assert!(matches!(
+        rejected(d.apply(Command::PolicyFreeze { prefix: b"s/".to_vec() })),
+        Rejection::InvalidArgument(_)
+    ));
+    d.at(3_000).apply(Command::PolicyPromote {
+        prefix: b"a/x/".to_vec(),
+        policy: Policy::DEFAULT,
+        values: vec![],
+    });
+    assert!(matches!(
+        rejected(d.apply(Command::PolicyRemove { prefix: b"a/x/".to_vec() })),
+        Rejection::InvalidArgument(_)
+    ));
+}

@@ -120,6 +120,22 @@ pub enum Command {
     PolicyPromote { prefix: Bytes, policy: Policy, values: Vec<(Bytes, Option<Bytes>)> },
     /// Replaces the cluster-wide settings of the state machine (dedup window and quotas).
     Configure(Settings),
+    /// Freezes the relaxed field `prefix` for a promotion: nodes that applied it refuse
+    /// relaxed writes to the field, so its values can be collected and promoted without
+    /// losing a write. Creates the field (a copy of the policy that governs `prefix`) if
+    /// `prefix` has no policy of its own. Refused if the field is already frozen.
+    PolicyFreeze { prefix: Bytes },
+    /// Undoes the freeze made by the entry at `frozen_revision` (a failed promotion).
+    /// Refused if the field is not frozen by that entry.
+    PolicyUnfreeze { prefix: Bytes, frozen_revision: u64 },
+    /// `PolicyPromote`, applied only if the field is still frozen by the entry at
+    /// `frozen_revision`: the values were collected while no node accepted writes to it.
+    PolicyPromoteFrozen {
+        prefix: Bytes,
+        policy: Policy,
+        values: Vec<(Bytes, Option<Bytes>)>,
+        frozen_revision: u64,
+    },
 }
 
 impl Command {
@@ -138,6 +154,9 @@ impl Command {
             Command::PolicyRemove { .. } => "policy_remove",
             Command::PolicyPromote { .. } => "policy_promote",
             Command::Configure(_) => "configure",
+            Command::PolicyFreeze { .. } => "policy_freeze",
+            Command::PolicyUnfreeze { .. } => "policy_unfreeze",
+            Command::PolicyPromoteFrozen { .. } => "policy_promote_frozen",
         }
     }
 }
@@ -277,6 +296,14 @@ pub struct FieldPolicy {
     pub revision: u64,
     /// State-machine time when it was set.
     pub set_ms: u64,
+    /// For relaxed fields: the state-machine time from which the field's keys have been
+    /// relaxed without interruption (kept across relaxed-to-relaxed changes such as a new
+    /// budget or a freeze). The frozen sacred values of the keys are the relaxed tier's seed,
+    /// timestamped `(relaxed_since_ms, 0, 0)`; every relaxed write of this period is stamped
+    /// above it, and relaxed entries at or below it belong to an earlier period.
+    pub relaxed_since_ms: u64,
+    /// The revision of the `PolicyFreeze` that froze the field for a promotion, if frozen.
+    pub frozen: Option<u64>,
 }
 
 /// One change in the policy history: what a field was before and after.
