@@ -182,8 +182,9 @@ pub enum Error {
         message: String,
     },
     /// No connection could be made, so the request never left this client: definitely not
-    /// applied. (Failures after a write may have been sent are [`Error::Indeterminate`].)
-    /// Next: check the endpoints and the network; retry later.
+    /// applied. For a read it also covers a connection lost mid-request (a read changes
+    /// nothing); for a write, a failure after it may have been sent is
+    /// [`Error::Indeterminate`] instead. Next: check the endpoints and the network; retry later.
     #[error("transport error talking to {addr}: {message}")]
     Transport {
         /// The node's address.
