@@ -209,6 +209,12 @@ impl Replica {
     /// Makes the next state read linearizable, or proves it is at most `max_staleness_ms`
     /// stale. Returns the revision (applied index) the read may use as its floor.
     pub async fn read_barrier(&self, max_staleness_ms: Option<u64>) -> Result<u64, NodeError> {
+        #[cfg(feature = "negative-controls")]
+        if seam_raft_storage::negative_control::active(
+            seam_raft_storage::negative_control::Control::StaleReads,
+        ) {
+            return Ok(self.applied_index());
+        }
         let Some(bound_ms) = max_staleness_ms else {
             let (index, _) = self.read_index().await?;
             return self.wait_applied(index).await;

@@ -60,6 +60,7 @@ pub fn open(
     config: StorageConfig,
 ) -> Result<(LogStore, StateMachineStore), StorageOpenError> {
     config.validate()?;
+    crate::negative_control::check_env().map_err(StorageOpenError::InvalidConfig)?;
     let dir = dir.as_ref();
     if !check_identity(dir, &config)? {
         std::fs::create_dir_all(dir).map_err(|e| StorageOpenError::io(dir, e))?;

@@ -20,11 +20,13 @@
 //! - [`sm`]: [`StateMachineStore`], openraft's state machine storage over [`state`] and sled.
 //! - `dir`: the data directory: identity, lock, and [`open`].
 //! - `config`, `error`: [`StorageConfig`] and [`StorageOpenError`].
+//! - [`negative_control`]: test-only switches that break one guarantee each (Jepsen).
 
 pub mod config;
 mod dir;
 pub mod error;
 mod log;
+pub mod negative_control;
 pub mod sm;
 mod snapshot;
 pub mod state;

@@ -419,6 +419,10 @@ impl State {
     fn apply_request(&mut self, revision: u64, request: &Request) -> Response {
         self.now_ms = self.now_ms.max(request.stamp_ms);
         self.reclaim();
+        #[cfg(feature = "negative-controls")]
+        if crate::negative_control::active(crate::negative_control::Control::NoDedup) {
+            return self.execute(revision, &request.command);
+        }
         let Some(idem) = &request.idempotency else {
             return self.execute(revision, &request.command);
         };
@@ -564,6 +568,10 @@ impl State {
         let (field, policy) = self.policy(key);
         if policy.tier != Tier::Sacred {
             return Err(Rejection::WrongTier { field: field_name(&field), tier: policy.tier });
+        }
+        #[cfg(feature = "negative-controls")]
+        if token.is_some() && crate::negative_control::active(crate::negative_control::Control::SkipFencing) {
+            return Ok(());
         }
         let live = self.lease(key, self.now_ms);
         match (token, live) {
