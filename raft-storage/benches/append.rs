@@ -6,16 +6,18 @@
 //! ```
 //!
 //! 1. Raw `fdatasync` latency of the same disk: append a 200-byte record to a file with
-//!    `pwrite`, then `fdatasync` it; the least a durable append can cost.
+//!    `pwrite`, then `fdatasync` it; the least a durable append can cost. Measured in rounds
+//!    interleaved with the single-entry appends below, so that both see the same disk.
 //! 2. Durable appends through [`LogStore::append_notify`] (the same path as openraft's
 //!    `append`), latency measured until the callback fires:
 //!    - one batch in flight at a time, with 1, 16 and 256 entries per batch;
 //!    - up to 64 batches in flight (what a busy leader does), which shows group commit.
 //! 3. The ratio of the single-entry append p50 to the raw fdatasync p50.
 
+use std::fs::File;
+use std::io::StdoutLock;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -26,6 +28,10 @@ use tokio::sync::mpsc;
 
 /// Samples of the raw fdatasync measurement.
 const RAW_SAMPLES: usize = 2000;
+/// Single-entry appends measured, interleaved with the raw samples.
+const SINGLE_SAMPLES: usize = 3000;
+/// Rounds the raw and the single-entry measurements alternate in.
+const ROUNDS: usize = 10;
 /// Batches in flight in the pipelined runs.
 const IN_FLIGHT_MAX: usize = 64;
 
@@ -60,26 +66,19 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn raw_fdatasync(dir: &Path) -> Stats {
-    let path = dir.join("raw-fdatasync.dat");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("raw file");
+/// `samples` times: append a 200-byte record at the end of `file` (`written` bytes long)
+/// with `pwrite`, then `fdatasync`.
+fn raw_fdatasync(file: &File, written: &mut u64, samples: usize) -> Vec<Duration> {
     let record = [0x5au8; 200];
-    let mut samples = Vec::with_capacity(RAW_SAMPLES);
-    for i in 0..RAW_SAMPLES as u64 {
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
         let start = Instant::now();
-        file.write_all_at(&record, i * record.len() as u64).expect("pwrite");
+        file.write_all_at(&record, *written).expect("pwrite");
         file.sync_data().expect("fdatasync");
-        samples.push(start.elapsed());
+        out.push(start.elapsed());
+        *written += record.len() as u64;
     }
-    drop(file);
-    std::fs::remove_file(&path).expect("remove raw file");
-    stats(samples)
+    out
 }
 
 /// Appends `batches` batches of `batch` entries with at most `in_flight` outstanding;
@@ -90,8 +89,10 @@ async fn run(
     batch: u64,
     batches: usize,
     in_flight: usize,
-) -> (Stats, Duration) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Duration>();
+) -> (Vec<Duration>, Duration) {
+    assert!(in_flight <= IN_FLIGHT_MAX);
+    // Room for every outstanding callback: at most `in_flight <= IN_FLIGHT_MAX`.
+    let (tx, mut rx) = mpsc::channel::<Duration>(IN_FLIGHT_MAX);
     let mut samples = Vec::with_capacity(batches);
     let mut outstanding = 0;
     let start = Instant::now();
@@ -107,7 +108,7 @@ async fn run(
         let submitted = Instant::now();
         log.append_notify(entries, move |result| {
             result.expect("durable append");
-            let _ = tx.send(submitted.elapsed());
+            tx.try_send(submitted.elapsed()).expect("room for every outstanding callback");
         })
         .await
         .expect("append");
@@ -117,7 +118,20 @@ async fn run(
         samples.push(rx.recv().await.expect("callback"));
         outstanding -= 1;
     }
-    (stats(samples), start.elapsed())
+    (samples, start.elapsed())
+}
+
+fn row(out: &mut StdoutLock, label: &str, entries: usize, batches: usize, total: Duration, s: &Stats) {
+    let secs = total.as_secs_f64();
+    writeln!(
+        out,
+        "{label:<34} {:>12.0} {:>12.0} {:>10} {:>10}",
+        entries as f64 / secs,
+        batches as f64 / secs,
+        ms(s.p50),
+        ms(s.p99)
+    )
+    .ok();
 }
 
 fn main() {
@@ -128,71 +142,67 @@ fn main() {
     let dir = tmp.path();
     let mut out = std::io::stdout().lock();
     writeln!(out, "seam-raft-storage append benchmark in {} (2 tokio workers)", dir.display()).ok();
-
-    let raw = raw_fdatasync(dir);
-    writeln!(
-        out,
-        "raw pwrite+fdatasync (200 B, {RAW_SAMPLES} samples): p50 {}  p99 {}  max {}",
-        ms(raw.p50),
-        ms(raw.p99),
-        ms(raw.max)
-    )
-    .ok();
+    let raw_path = dir.join("raw-fdatasync.dat");
+    let raw_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&raw_path)
+        .expect("raw file");
 
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let single_p50 = rt.block_on(async {
+    rt.block_on(async {
         let (mut log, _sm) = open(dir.join("data"), StorageConfig::new("bench", 1)).expect("open");
         let mut next = 1;
         // Warm up: page cache, first segment growth.
         run(&mut log, &mut next, 16, 200, 1).await;
+
+        let (mut raw_samples, mut single_samples, mut raw_written, mut single_time) =
+            (Vec::new(), Vec::new(), 0, Duration::ZERO);
+        for _ in 0..ROUNDS {
+            raw_samples.extend(raw_fdatasync(&raw_file, &mut raw_written, RAW_SAMPLES / ROUNDS));
+            let (samples, total) = run(&mut log, &mut next, 1, SINGLE_SAMPLES / ROUNDS, 1).await;
+            single_samples.extend(samples);
+            single_time += total;
+        }
+        let raw = stats(raw_samples);
+        writeln!(
+            out,
+            "raw pwrite+fdatasync (200 B, {RAW_SAMPLES} samples): p50 {}  p99 {}  max {}",
+            ms(raw.p50),
+            ms(raw.p99),
+            ms(raw.max)
+        )
+        .ok();
         writeln!(
             out,
             "{:<34} {:>12} {:>12} {:>10} {:>10}",
             "durable append", "entries/s", "batches/s", "p50", "p99"
         )
         .ok();
-        let mut single_p50 = Duration::ZERO;
+        let single = stats(single_samples);
+        row(&mut out, "1 entries/batch, 1 in flight", SINGLE_SAMPLES, SINGLE_SAMPLES, single_time, &single);
         for (batch, batches, in_flight) in [
-            (1, 3000, 1),
             (16, 1500, 1),
             (256, 300, 1),
             (1, 20_000, IN_FLIGHT_MAX),
             (16, 6000, IN_FLIGHT_MAX),
             (256, 1000, IN_FLIGHT_MAX),
         ] {
-            let (s, total) = run(&mut log, &mut next, batch, batches, in_flight).await;
-            let secs = total.as_secs_f64();
-            writeln!(
-                out,
-                "{:<34} {:>12.0} {:>12.0} {:>10} {:>10}",
-                format!("{batch} entries/batch, {in_flight} in flight"),
-                (batch as usize * batches) as f64 / secs,
-                batches as f64 / secs,
-                ms(s.p50),
-                ms(s.p99)
-            )
-            .ok();
-            if batch == 1 && in_flight == 1 {
-                single_p50 = s.p50;
-            }
+            let (samples, total) = run(&mut log, &mut next, batch, batches, in_flight).await;
+            let label = format!("{batch} entries/batch, {in_flight} in flight");
+            row(&mut out, &label, batch as usize * batches, batches, total, &stats(samples));
         }
         writeln!(out, "log: {} segments of at most 64 MiB, {} entries", log.segment_count(), next - 1).ok();
-        single_p50
+        writeln!(
+            out,
+            "single-entry durable append p50 / raw fdatasync p50 = {:.2} (target <= 1.5); p99 ratio {:.2}",
+            single.p50.as_secs_f64() / raw.p50.as_secs_f64(),
+            single.p99.as_secs_f64() / raw.p99.as_secs_f64()
+        )
+        .ok();
     });
-
-    let raw_after = raw_fdatasync(dir);
-    writeln!(
-        out,
-        "raw pwrite+fdatasync again after the runs: p50 {}  p99 {}",
-        ms(raw_after.p50),
-        ms(raw_after.p99)
-    )
-    .ok();
-    writeln!(
-        out,
-        "single-entry durable append p50 / raw fdatasync p50 = {:.2} (target <= 1.5)",
-        single_p50.as_secs_f64() / raw.p50.as_secs_f64()
-    )
-    .ok();
+    drop(raw_file);
+    std::fs::remove_file(&raw_path).expect("remove raw file");
 }
