@@ -121,15 +121,24 @@ async fn run(
     (samples, start.elapsed())
 }
 
-fn row(out: &mut StdoutLock, label: &str, entries: usize, batches: usize, total: Duration, s: &Stats) {
+fn row(
+    out: &mut StdoutLock,
+    label: &str,
+    entries: usize,
+    batches: usize,
+    total: Duration,
+    s: &Stats,
+    syncs: u64,
+) {
     let secs = total.as_secs_f64();
     writeln!(
         out,
-        "{label:<34} {:>12.0} {:>12.0} {:>10} {:>10}",
+        "{label:<34} {:>12.0} {:>12.0} {:>10} {:>10} {:>14.1}",
         entries as f64 / secs,
         batches as f64 / secs,
         ms(s.p50),
-        ms(s.p99)
+        ms(s.p99),
+        batches as f64 / syncs.max(1) as f64
     )
     .ok();
 }
@@ -160,6 +169,7 @@ fn main() {
 
         let (mut raw_samples, mut single_samples, mut raw_written, mut single_time) =
             (Vec::new(), Vec::new(), 0, Duration::ZERO);
+        let syncs_before = log.flush_stats().fdatasyncs;
         for _ in 0..ROUNDS {
             raw_samples.extend(raw_fdatasync(&raw_file, &mut raw_written, RAW_SAMPLES / ROUNDS));
             let (samples, total) = run(&mut log, &mut next, 1, SINGLE_SAMPLES / ROUNDS, 1).await;
@@ -177,12 +187,21 @@ fn main() {
         .ok();
         writeln!(
             out,
-            "{:<34} {:>12} {:>12} {:>10} {:>10}",
-            "durable append", "entries/s", "batches/s", "p50", "p99"
+            "{:<34} {:>12} {:>12} {:>10} {:>10} {:>14}",
+            "durable append", "entries/s", "batches/s", "p50", "p99", "batches/sync"
         )
         .ok();
         let single = stats(single_samples);
-        row(&mut out, "1 entries/batch, 1 in flight", SINGLE_SAMPLES, SINGLE_SAMPLES, single_time, &single);
+        let syncs = log.flush_stats().fdatasyncs - syncs_before;
+        row(
+            &mut out,
+            "1 entries/batch, 1 in flight",
+            SINGLE_SAMPLES,
+            SINGLE_SAMPLES,
+            single_time,
+            &single,
+            syncs,
+        );
         for (batch, batches, in_flight) in [
             (16, 1500, 1),
             (256, 300, 1),
@@ -190,9 +209,11 @@ fn main() {
             (16, 6000, IN_FLIGHT_MAX),
             (256, 1000, IN_FLIGHT_MAX),
         ] {
+            let syncs_before = log.flush_stats().fdatasyncs;
             let (samples, total) = run(&mut log, &mut next, batch, batches, in_flight).await;
+            let syncs = log.flush_stats().fdatasyncs - syncs_before;
             let label = format!("{batch} entries/batch, {in_flight} in flight");
-            row(&mut out, &label, batch as usize * batches, batches, total, &stats(samples));
+            row(&mut out, &label, batch as usize * batches, batches, total, &stats(samples), syncs);
         }
         writeln!(out, "log: {} segments of at most 64 MiB, {} entries", log.segment_count(), next - 1).ok();
         writeln!(

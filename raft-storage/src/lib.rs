@@ -37,6 +37,7 @@ pub use config::StorageConfig;
 pub use dir::open;
 pub use dir::FORMAT_VERSION;
 pub use error::StorageOpenError;
+pub use log::FlushStats;
 pub use log::LogReader;
 pub use log::LogStore;
 pub use sm::SnapshotBuilder;

@@ -29,6 +29,7 @@ use std::ops::Bound;
 use std::ops::RangeBounds;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::RwLock;
@@ -68,6 +69,7 @@ pub struct LogStore {
     wal: Wal,
     reader: LogReader,
     flusher: Flusher,
+    counters: Arc<FlushCounters>,
     coverage: watch::Receiver<Coverage>,
     purge_wait: Duration,
     _lock: Arc<DirLock>,
@@ -77,6 +79,22 @@ impl Debug for LogStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogStore").field("active", &self.wal.active().path).finish_non_exhaustive()
     }
+}
+
+/// What the flusher has done since the store was opened (for metrics and benchmarks):
+/// `completed / fdatasyncs` is how many writes each sync covered on average.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushStats {
+    /// `fdatasync` calls the flusher issued.
+    pub fdatasyncs: u64,
+    /// Callbacks it completed (appends, and the vote and purge syncs).
+    pub completed: u64,
+}
+
+#[derive(Debug, Default)]
+struct FlushCounters {
+    fdatasyncs: AtomicU64,
+    completed: AtomicU64,
 }
 
 /// A cheap clone of the log's reading side, for openraft's replication tasks.
@@ -93,10 +111,12 @@ impl LogStore {
         lock: Arc<DirLock>,
     ) -> io::Result<Self> {
         let flusher = Flusher::start(config.flush_queue_max, wal.poisoned().clone())?;
+        let counters = flusher.counters.clone();
         Ok(LogStore {
             reader: LogReader { index: wal.index().clone() },
             wal,
             flusher,
+            counters,
             coverage,
             purge_wait: Duration::from_millis(config.purge_wait_ms_max),
             _lock: lock,
@@ -139,6 +159,14 @@ impl LogStore {
     /// tooling and tests).
     pub fn entry_location(&self, index: u64) -> Option<(PathBuf, u64)> {
         self.index().loc(index).map(|(loc, segment)| (segment.path.clone(), loc.offset))
+    }
+
+    /// What the flusher has done so far.
+    pub fn flush_stats(&self) -> FlushStats {
+        FlushStats {
+            fdatasyncs: self.counters.fdatasyncs.load(Ordering::Relaxed),
+            completed: self.counters.completed.load(Ordering::Relaxed),
+        }
     }
 
     /// Number of segment files the log uses now.
@@ -268,15 +296,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 struct Flusher {
     tx: Option<mpsc::Sender<FlushRequest>>,
     thread: Option<JoinHandle<()>>,
+    counters: Arc<FlushCounters>,
 }
 
 impl Flusher {
     fn start(queue_max: usize, poisoned: Arc<AtomicBool>) -> io::Result<Flusher> {
         let (tx, rx) = mpsc::channel(queue_max);
+        let counters = Arc::new(FlushCounters::default());
+        let thread_counters = counters.clone();
         let thread = std::thread::Builder::new()
             .name("seam-log-flusher".into())
-            .spawn(move || run_flusher(rx, queue_max, poisoned))?;
-        Ok(Flusher { tx: Some(tx), thread: Some(thread) })
+            .spawn(move || run_flusher(rx, queue_max, poisoned, &thread_counters))?;
+        Ok(Flusher { tx: Some(tx), thread: Some(thread), counters })
     }
 
     /// Queues `done` to run after the next sync of `segment`; waits for room in the queue
@@ -303,7 +334,12 @@ impl Drop for Flusher {
 
 /// The flusher loop: take everything queued (up to `batch_max`), one fdatasync per segment
 /// involved (normally one), then complete the callbacks in order.
-fn run_flusher(mut rx: mpsc::Receiver<FlushRequest>, batch_max: usize, poisoned: Arc<AtomicBool>) {
+fn run_flusher(
+    mut rx: mpsc::Receiver<FlushRequest>,
+    batch_max: usize,
+    poisoned: Arc<AtomicBool>,
+    counters: &FlushCounters,
+) {
     let mut batch: Vec<FlushRequest> = Vec::with_capacity(batch_max.min(1024));
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -313,7 +349,8 @@ fn run_flusher(mut rx: mpsc::Receiver<FlushRequest>, batch_max: usize, poisoned:
                 Err(_) => break,
             }
         }
-        let result = sync_segments(&batch, &poisoned);
+        let result = sync_segments(&batch, &poisoned, counters);
+        counters.completed.fetch_add(batch.len() as u64, Ordering::Relaxed);
         for request in batch.drain(..) {
             let result = match &result {
                 Ok(()) => Ok(()),
@@ -324,7 +361,7 @@ fn run_flusher(mut rx: mpsc::Receiver<FlushRequest>, batch_max: usize, poisoned:
     }
 }
 
-fn sync_segments(batch: &[FlushRequest], poisoned: &AtomicBool) -> io::Result<()> {
+fn sync_segments(batch: &[FlushRequest], poisoned: &AtomicBool, counters: &FlushCounters) -> io::Result<()> {
     if poisoned.load(Ordering::Acquire) {
         return Err(io::Error::other("the Raft log failed an earlier write or sync; restart the node"));
     }
@@ -334,6 +371,7 @@ fn sync_segments(batch: &[FlushRequest], poisoned: &AtomicBool) -> io::Result<()
         if synced.contains(&segment.seq) {
             continue;
         }
+        counters.fdatasyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = segment.file.sync_data() {
             poisoned.store(true, Ordering::Release);
             return Err(io::Error::new(e.kind(), format!("fdatasync of {}: {e}", segment.path.display())));
