@@ -69,7 +69,6 @@ pub struct LogStore {
     wal: Wal,
     reader: LogReader,
     flusher: Flusher,
-    counters: Arc<FlushCounters>,
     coverage: watch::Receiver<Coverage>,
     purge_wait: Duration,
     _lock: Arc<DirLock>,
@@ -111,12 +110,10 @@ impl LogStore {
         lock: Arc<DirLock>,
     ) -> io::Result<Self> {
         let flusher = Flusher::start(config.flush_queue_max, wal.poisoned().clone())?;
-        let counters = flusher.counters.clone();
         Ok(LogStore {
             reader: LogReader { index: wal.index().clone() },
             wal,
             flusher,
-            counters,
             coverage,
             purge_wait: Duration::from_millis(config.purge_wait_ms_max),
             _lock: lock,
@@ -163,9 +160,10 @@ impl LogStore {
 
     /// What the flusher has done so far.
     pub fn flush_stats(&self) -> FlushStats {
+        let counters = &self.flusher.counters;
         FlushStats {
-            fdatasyncs: self.counters.fdatasyncs.load(Ordering::Relaxed),
-            completed: self.counters.completed.load(Ordering::Relaxed),
+            fdatasyncs: counters.fdatasyncs.load(Ordering::Relaxed),
+            completed: counters.completed.load(Ordering::Relaxed),
         }
     }
 

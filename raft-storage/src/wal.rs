@@ -490,8 +490,8 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
-    /// Finishes opening a scanned log: truncates a torn tail, or creates the first segment of
-    /// an empty log.
+    /// Finishes opening a scanned log: truncates a torn tail (or creates the first segment of
+    /// an empty log), then resumes in a segment with complete opening records.
     pub fn open(scanned: Scanned, segment_bytes_max: u64) -> Result<Wal, StorageOpenError> {
         let Scanned { dir, index, last_len, torn } = scanned;
         let index = Arc::new(RwLock::new(index));
