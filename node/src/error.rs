@@ -13,7 +13,7 @@ use seam_raft_storage::Tier;
 use tonic::Code;
 use tonic::Status;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum NodeError {
     /// Not the leader, nothing done: retry at `leader_addr`.
     #[error("not the leader; the leader is node {leader_id:?} at {leader_addr:?}")]

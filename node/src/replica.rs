@@ -35,6 +35,8 @@ use seam_raft_storage::Response;
 use seam_raft_storage::StateHandle;
 use seam_raft_storage::Tier;
 use seam_raft_storage::TypeConfig;
+use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::sync::SemaphorePermit;
 use tonic::transport::Channel;
@@ -51,8 +53,16 @@ pub struct Replica {
     inner: Arc<Inner>,
 }
 
+/// Readers waiting for the next ReadIndex round at most; past it a read is refused with
+/// `Backpressure` (definitely not served) rather than queued without bound.
+pub const READ_INDEX_WAITERS_MAX: usize = 65_536;
+
+type ReadWaiter = oneshot::Sender<Result<(u64, Instant), NodeError>>;
+
 struct Inner {
     id: NodeId,
+    /// Readers waiting for the next ReadIndex round (see [`Replica::read_index`]).
+    read_rounds: mpsc::Sender<ReadWaiter>,
     config: Config,
     raft: Raft<TypeConfig>,
     state: StateHandle,
@@ -72,8 +82,10 @@ impl Replica {
         metrics: Metrics,
     ) -> Self {
         let inflight = Semaphore::new(config.limits.inflight_requests_max);
-        Replica {
+        let (read_rounds, waiters) = mpsc::channel(READ_INDEX_WAITERS_MAX);
+        let replica = Replica {
             inner: Arc::new(Inner {
+                read_rounds,
                 id: config.id,
                 config,
                 raft,
@@ -83,7 +95,9 @@ impl Replica {
                 inflight,
                 proof: Mutex::new(None),
             }),
-        }
+        };
+        tokio::spawn(run_read_rounds(Arc::downgrade(&replica.inner), waiters));
+        replica
     }
 
     pub fn id(&self) -> NodeId {
@@ -273,9 +287,24 @@ impl Replica {
         Ok(index)
     }
 
-    /// A read index and the instant the request for it was sent: every write acknowledged
-    /// before that instant is at or below the index.
+    /// A read index and an instant such that every write acknowledged before that instant
+    /// is at or below the index.
+    ///
+    /// Concurrent callers share rounds: a caller waits for the next round to *start* (never
+    /// joins one already under way, which could predate its request), and one round answers
+    /// every caller queued before it began. Under load this turns N leadership checks into
+    /// one per round trip.
     pub async fn read_index(&self) -> Result<(u64, Instant), NodeError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.read_rounds.try_send(tx).map_err(|_| NodeError::Backpressure {
+            queue: "read_index_waiters_max",
+            max: READ_INDEX_WAITERS_MAX as u64,
+        })?;
+        rx.await.map_err(|_| NodeError::Unavailable("the node is shutting down".into()))?
+    }
+
+    /// One ReadIndex round: on the leader a quorum check, on a follower an RPC to the leader.
+    async fn read_index_round(&self) -> Result<(u64, Instant), NodeError> {
         let sent = Instant::now();
         if self.is_leader() {
             let index = self.local_read_index().await?;
@@ -317,6 +346,25 @@ impl Replica {
                 Err(NodeError::Unavailable(format!("no quorum: {e}")))
             }
             Ok(Err(RaftError::Fatal(f))) => Err(NodeError::Unavailable(format!("raft stopped: {f}"))),
+        }
+    }
+}
+
+/// Runs ReadIndex rounds until the replica is dropped: each round takes every waiter queued
+/// so far, performs one round, and answers them all.
+async fn run_read_rounds(inner: std::sync::Weak<Inner>, mut waiters: mpsc::Receiver<ReadWaiter>) {
+    let mut batch = Vec::new();
+    while let Some(first) = waiters.recv().await {
+        batch.push(first);
+        while let Ok(w) = waiters.try_recv() {
+            batch.push(w);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let replica = Replica { inner };
+        let result = replica.read_index_round().await;
+        drop(replica);
+        for w in batch.drain(..) {
+            let _ = w.send(result.clone());
         }
     }
 }
