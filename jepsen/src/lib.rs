@@ -1,8 +1,11 @@
-//! Seam's Jepsen-style harness: the history format, the checkers and the report.
+//! Seam's Jepsen-style harness: the runner, the history format, the checkers and the
+//! report.
 //!
-//! A run of the harness (the runner, elsewhere) starts a cluster of `seam`
-//! processes, drives clients and a nemesis against it, and records every
-//! event as a [`history`]. This crate turns that history into evidence:
+//! A run ([`run`]) starts a cluster of `seam` processes on a real network
+//! ([`net`], [`proxy`], [`cluster`]), drives concurrent clients ([`workload`]) and a
+//! seeded nemesis ([`nemesis`]) against it, and records every event as a [`history`]
+//! ([`recorder`]). [`suite`] runs every workload under every nemesis, plus the negative
+//! controls. The rest of the crate turns a history into evidence:
 //!
 //! 1. [`history`]: the JSON-lines format, a streaming reader and writer that
 //!    enforce its invariants, and [`history::pair`], which turns events into
@@ -19,6 +22,16 @@
 //! or a missing observation stops it, it says Unknown.
 
 pub mod check;
+pub mod cluster;
 pub mod fault;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod probe;
+pub mod proxy;
+pub mod recorder;
 pub mod report;
+pub mod rng;
+pub mod run;
+pub mod suite;
+pub mod workload;

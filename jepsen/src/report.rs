@@ -51,6 +51,15 @@ pub struct RunInfo {
     /// Where the history is, when it is a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history_file: Option<String>,
+    /// The negative control the nodes ran with (a deliberately broken build), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub negative_control: Option<String>,
+    /// How the nodes were networked (`netns`, `loopback`), when run by the runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// The command that reproduces the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 impl RunInfo {
@@ -64,6 +73,9 @@ impl RunInfo {
             budget_ms: None,
             skew_ms: None,
             history_file: None,
+            negative_control: None,
+            network: None,
+            command: None,
         }
     }
 }
@@ -277,6 +289,19 @@ fn run_section(html: &mut String, summary: &Summary) {
     }
     if let Some(file) = &run.history_file {
         row(html, "history", file);
+    }
+    if let Some(control) = &run.negative_control {
+        row(
+            html,
+            "negative control",
+            &format!("{control} (a deliberately broken build: invalid is expected)"),
+        );
+    }
+    if let Some(network) = &run.network {
+        row(html, "network", network);
+    }
+    if let Some(command) = &run.command {
+        row(html, "reproduce", command);
     }
     html.push_str("</table>\n");
 }
