@@ -51,6 +51,7 @@ pub struct Config {
     pub raft: RaftConfig,
     pub limits: Limits,
     pub storage: StorageSection,
+    pub relaxed: RelaxedConfig,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             raft: RaftConfig::default(),
             limits: Limits::default(),
             storage: StorageSection::default(),
+            relaxed: RelaxedConfig::default(),
         }
     }
 }
@@ -162,6 +164,131 @@ impl Default for StorageSection {
     }
 }
 
+/// The relaxed tier of this node (see `docs/relaxed.md`). Every queue and map of the tier
+/// is bounded by one of these; what happens at each bound is said next to it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaxedConfig {
+    /// Relaxed entries (values and tombstones) this node holds. Past it, expired entries
+    /// are reclaimed first, then the entry with the oldest timestamp is evicted (counted
+    /// per field in `seam_relaxed_evictions_total`).
+    pub entries_max: usize,
+    /// Bytes of relaxed entries this node holds (keys, values and a fixed per-entry
+    /// overhead); past it, eviction as for `entries_max`.
+    pub bytes_max: u64,
+    /// Writes waiting to be sent to one peer. Past it (or `peer_queue_bytes_max`) the
+    /// oldest waiting write is shed (counted in `seam_relaxed_shed_total{peer}`); anti-entropy
+    /// delivers it later, and until then the watermark sent to that peer stays below it.
+    pub peer_queue_max: usize,
+    /// Bytes of writes waiting for one peer; past it, shedding as for `peer_queue_max`.
+    pub peer_queue_bytes_max: u64,
+    /// Writes per replication message at most.
+    pub batch_entries_max: usize,
+    /// An idle sender sends an empty message (a heartbeat carrying its watermark) this
+    /// often, so peers know how current they are.
+    pub heartbeat_ms: u64,
+    /// Period of anti-entropy rounds; each round compares digests with one peer (round
+    /// robin) and exchanges the buckets that differ.
+    pub anti_entropy_interval_ms: u64,
+    /// Entries one anti-entropy pull returns at most; a round that would need more
+    /// finishes in later rounds.
+    pub pull_entries_max: usize,
+    /// How long a delete's tombstone lives (at least; longer if the value it deleted
+    /// expires later). It must outlive any partition that anti-entropy is expected to
+    /// repair: a node that missed the delete for longer can bring the value back.
+    pub tombstone_ttl_ms: u64,
+    /// Clock skew tolerated between nodes: no node returns a value from this long before
+    /// its expiry on, so a node whose clock is behind by up to this never serves an
+    /// expired value.
+    pub skew_allowance_ms: u64,
+    /// Period of the sweep that reclaims expired entries and entries of fields that are no
+    /// longer relaxed.
+    pub sweep_interval_ms: u64,
+    /// Entries one sweep examines at most (the rest wait for the next sweep; expired ones
+    /// are never returned meanwhile).
+    pub sweep_entries_max: usize,
+    /// Keys one promotion (relaxed -> sacred) may write; a larger field is refused with an
+    /// error naming this limit, and stays relaxed.
+    pub promote_entries_max: usize,
+    /// Bytes of keys and values one promotion may write (they travel in one Raft entry).
+    pub promote_bytes_max: u64,
+    /// How long a policy change waits for every member to apply it before answering with
+    /// the members that lag.
+    pub policy_propagation_timeout_ms: u64,
+}
+
+impl Default for RelaxedConfig {
+    fn default() -> Self {
+        RelaxedConfig {
+            entries_max: 1_000_000,
+            bytes_max: 512 * 1024 * 1024,
+            peer_queue_max: 100_000,
+            peer_queue_bytes_max: 64 * 1024 * 1024,
+            batch_entries_max: 512,
+            heartbeat_ms: 100,
+            anti_entropy_interval_ms: 1_000,
+            pull_entries_max: 10_000,
+            tombstone_ttl_ms: 10 * 60 * 1000,
+            skew_allowance_ms: 500,
+            sweep_interval_ms: 250,
+            sweep_entries_max: 10_000,
+            promote_entries_max: 100_000,
+            promote_bytes_max: 8 * 1024 * 1024,
+            policy_propagation_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl RelaxedConfig {
+    fn validate(&self, limits: &Limits) -> Result<(), ConfigError> {
+        for (field, value) in [
+            ("relaxed.entries_max", self.entries_max as u64),
+            ("relaxed.bytes_max", self.bytes_max),
+            ("relaxed.peer_queue_max", self.peer_queue_max as u64),
+            ("relaxed.peer_queue_bytes_max", self.peer_queue_bytes_max),
+            ("relaxed.batch_entries_max", self.batch_entries_max as u64),
+            ("relaxed.heartbeat_ms", self.heartbeat_ms),
+            ("relaxed.anti_entropy_interval_ms", self.anti_entropy_interval_ms),
+            ("relaxed.pull_entries_max", self.pull_entries_max as u64),
+            ("relaxed.tombstone_ttl_ms", self.tombstone_ttl_ms),
+            ("relaxed.sweep_interval_ms", self.sweep_interval_ms),
+            ("relaxed.sweep_entries_max", self.sweep_entries_max as u64),
+            ("relaxed.promote_entries_max", self.promote_entries_max as u64),
+            ("relaxed.promote_bytes_max", self.promote_bytes_max),
+            ("relaxed.policy_propagation_timeout_ms", self.policy_propagation_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(field, "must be above 0"));
+            }
+        }
+        let entry_max = (limits.key_bytes_max + limits.value_bytes_max) as u64;
+        if self.bytes_max < entry_max || self.peer_queue_bytes_max < entry_max {
+            return Err(invalid(
+                "relaxed.bytes_max",
+                "bytes_max and peer_queue_bytes_max must hold at least one entry of \
+                 limits.key_bytes_max + limits.value_bytes_max",
+            ));
+        }
+        if self.promote_bytes_max + 64 * 1024 > limits.message_bytes_max as u64 {
+            return Err(invalid(
+                "relaxed.promote_bytes_max",
+                "must leave 64 KiB of room below limits.message_bytes_max (a promotion is one Raft entry)",
+            ));
+        }
+        if self.tombstone_ttl_ms < 10 * self.anti_entropy_interval_ms {
+            return Err(invalid(
+                "relaxed.tombstone_ttl_ms",
+                "must be at least 10 anti-entropy intervals, or deletes may not reach every node before \
+                 their tombstones expire",
+            ));
+        }
+        if self.heartbeat_ms >= self.anti_entropy_interval_ms {
+            return Err(invalid("relaxed.heartbeat_ms", "must be below relaxed.anti_entropy_interval_ms"));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Parses a TOML document into a configuration (not yet validated).
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -248,6 +375,7 @@ impl Config {
                 "must exceed key_bytes_max + value_bytes_max + 64 KiB",
             ));
         }
+        self.relaxed.validate(l)?;
         if l.request_timeout_ms < r.election_timeout_max_ms {
             return Err(invalid(
                 "limits.request_timeout_ms",
@@ -308,6 +436,20 @@ mod tests {
             let err = parse_initial_cluster(bad).expect_err(bad);
             assert_eq!(err.field, "initial_cluster", "{bad}");
         }
+    }
+
+    #[test]
+    fn relaxed_limits_are_validated() {
+        let mut c = Config::default();
+        c.relaxed.peer_queue_max = 0;
+        assert_eq!(c.validate().unwrap_err().field, "relaxed.peer_queue_max");
+        c.relaxed = RelaxedConfig { tombstone_ttl_ms: 1_000, ..RelaxedConfig::default() };
+        assert_eq!(c.validate().unwrap_err().field, "relaxed.tombstone_ttl_ms");
+        c.relaxed = RelaxedConfig { promote_bytes_max: 1 << 40, ..RelaxedConfig::default() };
+        assert_eq!(c.validate().unwrap_err().field, "relaxed.promote_bytes_max");
+        let c = Config::from_toml("[relaxed]\nheartbeat_ms = 20\nskew_allowance_ms = 50").expect("parses");
+        assert_eq!((c.relaxed.heartbeat_ms, c.relaxed.skew_allowance_ms), (20, 50));
+        c.validate().expect("valid");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The HTTP side of a node: `/metrics` (Prometheus text) and `/health` (JSON).
+//! The HTTP side of a node: `/metrics` (Prometheus text), `/health` and
+//! `/health/coherence` (JSON).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,11 +10,25 @@ use axum::Router;
 use openraft::ServerState;
 use serde::Serialize;
 
+use crate::relaxed::RelaxedTier;
 use crate::replica::Replica;
 
-/// The router serving `/metrics` and `/health`.
-pub fn router(replica: Replica) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/health", get(health)).with_state(replica)
+/// The router serving `/metrics`, `/health` and `/health/coherence`.
+pub fn router(replica: Replica, relaxed: RelaxedTier) -> Router {
+    let coherence = Router::new().route("/health/coherence", get(coherence)).with_state(relaxed.clone());
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state((replica, relaxed))
+        .merge(coherence)
+}
+
+/// `/health/coherence`: per field, tier, budget, observed staleness, conflict rate and
+/// `ok | degraded` (see `docs/relaxed.md`). 503 when any field is degraded.
+async fn coherence(State(relaxed): State<RelaxedTier>) -> impl IntoResponse {
+    let report = relaxed.coherence_report();
+    let code = if report.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(report))
 }
 
 async fn refresh_gauges(replica: &Replica) {
@@ -31,8 +46,9 @@ async fn refresh_gauges(replica: &Replica) {
     }
 }
 
-async fn metrics(State(replica): State<Replica>) -> impl IntoResponse {
+async fn metrics(State((replica, relaxed)): State<(Replica, RelaxedTier)>) -> impl IntoResponse {
     refresh_gauges(&replica).await;
+    relaxed.refresh_metrics();
     ([("content-type", "text/plain; version=0.0.4")], replica.metrics().render())
 }
 
@@ -52,7 +68,7 @@ pub struct Health {
     pub applied_index: u64,
 }
 
-async fn health(State(replica): State<Replica>) -> impl IntoResponse {
+async fn health(State((replica, _)): State<(Replica, RelaxedTier)>) -> impl IntoResponse {
     let raft = replica.raft().metrics().borrow().clone();
     let committed =
         replica.raft().with_raft_state(|s| s.committed).await.ok().flatten().map_or(0, |l| l.index);

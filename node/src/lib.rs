@@ -14,6 +14,7 @@ pub mod http;
 pub mod metrics;
 pub mod network;
 pub mod peer;
+pub mod relaxed;
 pub mod replica;
 pub mod server;
 pub mod service;

@@ -4,10 +4,13 @@
 //! leader, indexes) are read from openraft's metrics at scrape time, so they are never
 //! stale and cost nothing between scrapes.
 
+use prometheus::Histogram;
 use prometheus::HistogramOpts;
 use prometheus::HistogramVec;
+use prometheus::IntCounter;
 use prometheus::IntCounterVec;
 use prometheus::IntGauge;
+use prometheus::IntGaugeVec;
 use prometheus::Opts;
 use prometheus::Registry;
 
@@ -30,6 +33,117 @@ pub struct Metrics {
     /// Lease events by kind (grant, renew, release, transfer, expire, fencing_rejected) and
     /// region.
     pub lease_events: IntCounterVec,
+    pub relaxed: RelaxedMetrics,
+}
+
+/// The relaxed tier's metrics. Per-peer series are labelled by node id, per-field ones by
+/// field prefix (at most `policies_max` fields).
+#[derive(Clone)]
+pub struct RelaxedMetrics {
+    /// How far behind this node may be on each peer's writes (now minus the peer's
+    /// watermark), refreshed at scrape time; -1 while unknown (no anti-entropy round yet).
+    pub lag_ms: IntGaugeVec,
+    /// Writes waiting to be sent, per peer (refreshed at scrape time).
+    pub queue_depth: IntGaugeVec,
+    /// Writes shed from a full peer queue (anti-entropy delivers them later).
+    pub shed: IntCounterVec,
+    /// Writes sent to each peer by replication.
+    pub sent: IntCounterVec,
+    /// Entries anti-entropy changed on this node, by the peer they came from.
+    pub repairs: IntCounterVec,
+    /// Anti-entropy rounds by peer and outcome (complete, partial, failed).
+    pub anti_entropy_rounds: IntCounterVec,
+    /// Conflicts (a write overwrote, or lost to, a value its writer had not seen), per field.
+    pub conflicts: IntCounterVec,
+    /// Entries evicted to stay within `relaxed.entries_max` / `bytes_max`, per field.
+    pub evictions: IntCounterVec,
+    /// Expired entries reclaimed.
+    pub expired: IntCounter,
+    /// Entries and accounted bytes held (refreshed at scrape time).
+    pub entries: IntGauge,
+    pub bytes: IntGauge,
+    /// The largest lag over the peers: what a read's budget is compared with.
+    pub observed_staleness_ms: IntGauge,
+    /// Time from a write at its origin (its timestamp) to its merge here by replication:
+    /// the replication delay between nodes, clock offset included.
+    pub replication_delay_seconds: Histogram,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+impl RelaxedMetrics {
+    fn new(registry: &Registry) -> RelaxedMetrics {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"))
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"))
+        };
+        RelaxedMetrics {
+            lag_ms: gauge_vec(
+                "seam_relaxed_replication_lag_ms",
+                "How far behind this node may be on each peer's relaxed writes (-1: unknown)",
+                &["peer"],
+            ),
+            queue_depth: gauge_vec(
+                "seam_relaxed_queue_depth",
+                "Relaxed writes waiting to be sent",
+                &["peer"],
+            ),
+            shed: counter_vec(
+                "seam_relaxed_shed_total",
+                "Relaxed writes shed from a full peer queue",
+                &["peer"],
+            ),
+            sent: counter_vec("seam_relaxed_sent_total", "Relaxed writes sent by replication", &["peer"]),
+            repairs: counter_vec(
+                "seam_relaxed_anti_entropy_repairs_total",
+                "Relaxed entries changed here by anti-entropy",
+                &["peer"],
+            ),
+            anti_entropy_rounds: counter_vec(
+                "seam_relaxed_anti_entropy_rounds_total",
+                "Anti-entropy rounds by outcome",
+                &["peer", "outcome"],
+            ),
+            conflicts: counter_vec(
+                "seam_relaxed_conflicts_total",
+                "Relaxed writes that overwrote (or lost to) a value their writer had not seen",
+                &["field"],
+            ),
+            evictions: counter_vec(
+                "seam_relaxed_evictions_total",
+                "Relaxed entries evicted to stay within the memory bounds",
+                &["field"],
+            ),
+            expired: register(
+                registry,
+                IntCounter::new("seam_relaxed_expired_total", "Expired relaxed entries reclaimed")
+                    .expect("valid counter"),
+            ),
+            entries: gauge(registry, "seam_relaxed_entries", "Relaxed entries held"),
+            bytes: gauge(registry, "seam_relaxed_bytes", "Accounted bytes of relaxed entries held"),
+            observed_staleness_ms: gauge(
+                registry,
+                "seam_relaxed_observed_staleness_ms",
+                "The largest replication lag over the peers (-1: unknown)",
+            ),
+            replication_delay_seconds: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "seam_relaxed_replication_delay_seconds",
+                        "Time from a relaxed write at its origin to its merge here by replication",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")),
+                )
+                .expect("valid histogram"),
+            ),
+        }
+    }
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -90,6 +204,7 @@ impl Metrics {
             proposal_seconds,
             requests,
             lease_events,
+            relaxed: RelaxedMetrics::new(&registry),
             registry,
         }
     }

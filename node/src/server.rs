@@ -15,7 +15,9 @@ use openraft::SnapshotPolicy;
 use seam_proto::v1::cluster_server::ClusterServer;
 use seam_proto::v1::kv_server::KvServer;
 use seam_proto::v1::lease_server::LeaseServer;
+use seam_proto::v1::policy_server::PolicyServer;
 use seam_proto::v1::raft_server::RaftServer;
+use seam_proto::v1::relaxed_server::RelaxedServer;
 use seam_raft_storage::StorageConfig;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -28,11 +30,14 @@ use crate::metrics::Metrics;
 use crate::network::NetworkFactory;
 use crate::peer::Faults;
 use crate::peer::Peers;
+use crate::relaxed::RelaxedTier;
 use crate::replica::Replica;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
+use crate::service::policy::PolicyService;
 use crate::service::raft::RaftService;
+use crate::service::relaxed::RelaxedService;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +57,16 @@ pub enum ServerError {
 /// A running node.
 pub struct NodeHandle {
     pub replica: Replica,
+    /// The node's relaxed tier.
+    pub relaxed: RelaxedTier,
     /// The address gRPC is served on.
     pub addr: SocketAddr,
     /// The address `/metrics` and `/health` are served on, if any.
     pub metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), ServerError>>>,
+    /// The relaxed tier's senders, anti-entropy and sweep.
+    background: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -67,6 +76,11 @@ impl NodeHandle {
         let raft = self.replica.raft().clone();
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
+        }
+        for task in self.background.drain(..) {
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "relaxed tier task");
+            }
         }
         for task in self.tasks.drain(..) {
             match task.await {
@@ -121,6 +135,7 @@ pub async fn start(
     let replica = Replica::new(config.clone(), raft.clone(), state, peers, metrics);
 
     bootstrap(&config, &raft).await?;
+    let relaxed = RelaxedTier::new(replica.clone());
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -133,7 +148,7 @@ pub async fn start(
                 source,
             })?;
             let metrics_addr = l.local_addr().ok();
-            let router = crate::http::router(replica.clone());
+            let router = crate::http::router(replica.clone(), relaxed.clone());
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(async move {
                 axum::serve(l, router)
@@ -157,7 +172,7 @@ pub async fn start(
                 .max_encoding_message_size(bytes_max),
         )
         .add_service(
-            KvServer::new(KvService::new(replica.clone()))
+            KvServer::new(KvService::new(replica.clone(), relaxed.clone()))
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )
@@ -168,6 +183,16 @@ pub async fn start(
         )
         .add_service(
             ClusterServer::new(ClusterService::new(replica.clone()))
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(
+            PolicyServer::new(PolicyService::new(replica.clone(), relaxed.clone()))
+                .max_decoding_message_size(bytes_max)
+                .max_encoding_message_size(bytes_max),
+        )
+        .add_service(
+            RelaxedServer::new(RelaxedService::new(relaxed.clone()))
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         );
@@ -181,8 +206,10 @@ pub async fn start(
             .map_err(|e| ServerError::Serve(e.to_string()))
     }));
 
+    let background = relaxed.spawn(stopped.clone());
+
     tracing::info!(id = config.id, region = %config.region, %addr, "node started");
-    Ok(NodeHandle { replica, addr, metrics_addr, stop, tasks })
+    Ok(NodeHandle { replica, relaxed, addr, metrics_addr, stop, tasks, background })
 }
 
 /// Initializes the cluster from `initial_cluster` when this node's storage is pristine.

@@ -4,9 +4,16 @@
 //! writes are proposed through Raft. A follower forwards writes to the leader once (the
 //! forwarded copy carries `header.forwarded`, so there are no loops); if the forward fails
 //! in transit, the outcome is indeterminate. Relaxed keys are served by the relaxed tier
-//! of this node.
+//! of this node ([`crate::relaxed`]): reads locally within the field's staleness budget,
+//! writes applied locally and replicated asynchronously. A sacred write that the state
+//! machine refuses because the field was demoted while the write was in flight is served
+//! by the relaxed tier instead (unless the caller pinned `require = sacred`), so a demote
+//! needs no change in the callers. A transaction touching a relaxed key is refused with
+//! `WrongTier` naming the field: relaxed keys have no atomic multi-key writes.
 
+use seam_proto::status::detail;
 use seam_proto::v1 as pb;
+use seam_proto::v1::error_detail::Kind;
 use seam_proto::v1::kv_client::KvClient;
 use seam_proto::v1::kv_server::Kv;
 use seam_raft_storage::Command;
@@ -19,6 +26,8 @@ use tonic::Status;
 
 use crate::convert::*;
 use crate::error::NodeError;
+use crate::relaxed::RelaxedTier;
+use crate::relaxed::Written;
 use crate::replica::Replica;
 use crate::service::forward_failed;
 use crate::service::observe;
@@ -27,11 +36,12 @@ use crate::service::observe;
 #[derive(Clone)]
 pub struct KvService {
     replica: Replica,
+    relaxed: RelaxedTier,
 }
 
 impl KvService {
-    pub fn new(replica: Replica) -> Self {
-        KvService { replica }
+    pub fn new(replica: Replica, relaxed: RelaxedTier) -> Self {
+        KvService { replica, relaxed }
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
@@ -73,25 +83,60 @@ impl KvService {
         Ok((policy.tier, field))
     }
 
-    fn relaxed_unavailable(field: &[u8]) -> NodeError {
-        NodeError::Unavailable(format!(
-            "field {:?} is relaxed and this node has no relaxed tier",
-            String::from_utf8_lossy(field)
-        ))
+    /// `WrongTier` for a relaxed key in a request that needs the sacred tier.
+    fn relaxed_refused(field: &[u8]) -> NodeError {
+        NodeError::WrongTier {
+            field: String::from_utf8_lossy(field).into_owned(),
+            tier: Tier::Relaxed,
+            required: Tier::Sacred,
+        }
+    }
+
+    /// Whether the caller allows the relaxed tier to serve (it pinned no `sacred`).
+    fn relaxed_allowed(header: Option<&pb::RequestHeader>) -> bool {
+        header.is_none_or(|h| h.require != pb::Tier::Sacred as i32)
+    }
+
+    fn relaxed_get(&self, req: &pb::GetRequest) -> Result<Option<pb::GetResponse>, NodeError> {
+        let Some(read) = self.relaxed.get(&req.key, req.max_staleness_ms)? else { return Ok(None) };
+        let kv = match (&read.seed, read.value) {
+            (Some(seed), Some(_)) => Some(kv_to_pb(seed)),
+            (_, Some(value)) => Some(pb::KeyValue { key: req.key.clone(), value, ..Default::default() }),
+            (_, None) => None,
+        };
+        Ok(Some(pb::GetResponse {
+            header: Some(self.replica.header(Tier::Relaxed, &read.field, read.revision)),
+            kv,
+            age_ms: read.age_ms,
+            origin_node: read.origin,
+            hlc: read.hlc.map(|h| h.to_pb()),
+        }))
+    }
+
+    fn relaxed_written(&self, w: &Written) -> pb::ResponseHeader {
+        self.replica.header(Tier::Relaxed, &w.field, w.revision)
     }
 
     async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, NodeError> {
         self.check_key(&req.key)?;
-        let (tier, field) = self.route(&req.key, req.header.as_ref())?;
+        let (tier, _) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
-            return Err(Self::relaxed_unavailable(&field));
+            if let Some(resp) = self.relaxed_get(&req)? {
+                return Ok(resp);
+            }
         }
         let floor = self.replica.read_barrier(req.max_staleness_ms).await?;
         let state = self.replica.state().read();
         // The field's policy may have changed while we waited: answer by the state we read.
         let (field, policy) = state.policy(&req.key);
         if policy.tier != Tier::Sacred {
-            return Err(Self::relaxed_unavailable(&field));
+            drop(state);
+            if !Self::relaxed_allowed(req.header.as_ref()) {
+                return Err(Self::relaxed_refused(&field));
+            }
+            return self
+                .relaxed_get(&req)?
+                .ok_or_else(|| NodeError::Unavailable("the field's tier changed; retry".into()));
         }
         let revision = state.applied().map_or(0, |l| l.index).max(floor);
         Ok(pb::GetResponse {
@@ -140,14 +185,64 @@ impl KvService {
         })
     }
 
+    fn relaxed_put(&self, req: &pb::PutRequest) -> Result<Option<pb::PutResponse>, NodeError> {
+        if req.token.is_some() {
+            return Err(NodeError::invalid(
+                "fencing tokens apply to sacred fields; this key's field is relaxed",
+            ));
+        }
+        let Some(w) = self.relaxed.write(&req.key, Some(req.value.clone()), req.ttl_ms)? else {
+            return Ok(None);
+        };
+        Ok(Some(pb::PutResponse {
+            header: Some(self.relaxed_written(&w)),
+            revision: 0,
+            hlc: Some(w.hlc.to_pb()),
+        }))
+    }
+
+    fn relaxed_delete(&self, req: &pb::DeleteRequest) -> Result<Option<pb::DeleteResponse>, NodeError> {
+        if req.token.is_some() {
+            return Err(NodeError::invalid(
+                "fencing tokens apply to sacred fields; this key's field is relaxed",
+            ));
+        }
+        let Some(w) = self.relaxed.write(&req.key, None, None)? else { return Ok(None) };
+        Ok(Some(pb::DeleteResponse {
+            header: Some(self.relaxed_written(&w)),
+            revision: 0,
+            deleted: false,
+            hlc: Some(w.hlc.to_pb()),
+        }))
+    }
+
+    /// Whether a sacred write was refused because its field is relaxed now (a demote
+    /// committed before it), so the relaxed tier may serve it.
+    /// A forwarded write is left to the node that forwarded it, which serves it itself:
+    /// the relaxed write lands on the node the client chose.
+    fn demoted_meanwhile(e: &NodeError, header: Option<&pb::RequestHeader>) -> bool {
+        matches!(e, NodeError::Rejected(seam_raft_storage::Rejection::WrongTier { tier: Tier::Relaxed, .. }))
+            && Self::relaxed_allowed(header)
+            && !header.is_some_and(|h| h.forwarded)
+    }
+
+    /// Whether the leader refused a forwarded write because its field is relaxed now.
+    fn demoted_at_leader(status: &Status, header: Option<&pb::RequestHeader>) -> bool {
+        let relaxed = pb::Tier::Relaxed as i32;
+        matches!(detail(status), Some(Kind::WrongTier(w)) if w.tier == relaxed)
+            && Self::relaxed_allowed(header)
+    }
+
     async fn put_inner(&self, req: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         self.check_key(&req.key)?;
         self.check_value(&req.value)?;
-        let idem = idempotency(req.header.as_ref())?;
         let (tier, field) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
-            return Err(Self::relaxed_unavailable(&field).into());
+            if let Some(resp) = self.relaxed_put(&req)? {
+                return Ok(resp);
+            }
         }
+        let idem = idempotency(req.header.as_ref())?;
         if req.ttl_ms.is_some_and(|t| t > 0) {
             return Err(
                 NodeError::invalid("ttl_ms applies to relaxed fields only; this key is sacred").into()
@@ -161,11 +256,24 @@ impl KvService {
                 hlc: None,
             }),
             Ok(other) => Err(NodeError::Internal(format!("put answered {other:?}")).into()),
+            Err(e) if Self::demoted_meanwhile(&e, req.header.as_ref()) => self
+                .relaxed_put(&req)?
+                .ok_or_else(|| NodeError::Unavailable("the field's tier changed; retry".into()).into()),
             Err(NodeError::NotLeader { .. }) => {
                 let channel = self.replica.forward_channel(req.header.as_ref())?;
-                let mut req = req;
-                req.header.get_or_insert_with(Default::default).forwarded = true;
-                KvClient::new(channel).put(req).await.map(Response::into_inner).map_err(forward_failed)
+                let mut forward = req.clone();
+                forward.header.get_or_insert_with(Default::default).forwarded = true;
+                match KvClient::new(channel).put(forward).await {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if Self::demoted_at_leader(&s, req.header.as_ref()) => {
+                        // Catch up with the leader's demote first, then serve it here.
+                        self.replica.read_barrier(None).await?;
+                        self.relaxed_put(&req)?.ok_or_else(|| {
+                            NodeError::Unavailable("the field's tier changed; retry".into()).into()
+                        })
+                    }
+                    Err(s) => Err(forward_failed(s)),
+                }
             }
             Err(e) => Err(e.into()),
         }
@@ -173,11 +281,13 @@ impl KvService {
 
     async fn delete_inner(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
         self.check_key(&req.key)?;
-        let idem = idempotency(req.header.as_ref())?;
         let (tier, field) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
-            return Err(Self::relaxed_unavailable(&field).into());
+            if let Some(resp) = self.relaxed_delete(&req)? {
+                return Ok(resp);
+            }
         }
+        let idem = idempotency(req.header.as_ref())?;
         let command = Command::Delete { key: req.key.clone(), token: req.token };
         match self.replica.propose(command, Some(idem)).await {
             Ok(Applied::Delete { revision, prev }) => Ok(pb::DeleteResponse {
@@ -187,13 +297,34 @@ impl KvService {
                 hlc: None,
             }),
             Ok(other) => Err(NodeError::Internal(format!("delete answered {other:?}")).into()),
+            Err(e) if Self::demoted_meanwhile(&e, req.header.as_ref()) => self
+                .relaxed_delete(&req)?
+                .ok_or_else(|| NodeError::Unavailable("the field's tier changed; retry".into()).into()),
             Err(NodeError::NotLeader { .. }) => {
                 let channel = self.replica.forward_channel(req.header.as_ref())?;
-                let mut req = req;
-                req.header.get_or_insert_with(Default::default).forwarded = true;
-                KvClient::new(channel).delete(req).await.map(Response::into_inner).map_err(forward_failed)
+                let mut forward = req.clone();
+                forward.header.get_or_insert_with(Default::default).forwarded = true;
+                match KvClient::new(channel).delete(forward).await {
+                    Ok(r) => Ok(r.into_inner()),
+                    Err(s) if Self::demoted_at_leader(&s, req.header.as_ref()) => {
+                        // Catch up with the leader's demote first, then serve it here.
+                        self.replica.read_barrier(None).await?;
+                        self.relaxed_delete(&req)?.ok_or_else(|| {
+                            NodeError::Unavailable("the field's tier changed; retry".into()).into()
+                        })
+                    }
+                    Err(s) => Err(forward_failed(s)),
+                }
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A key of a transaction must be sacred.
+    fn txn_route(&self, key: &[u8], header: Option<&pb::RequestHeader>) -> Result<(), NodeError> {
+        match self.route(key, header)? {
+            (Tier::Relaxed, field) => Err(Self::relaxed_refused(&field)),
+            _ => Ok(()),
         }
     }
 
@@ -214,7 +345,7 @@ impl KvService {
         let failure = req.failure.iter().map(op_from_pb).collect::<Result<Vec<_>, _>>()?;
         for c in &compares {
             self.check_key(&c.key)?;
-            self.route(&c.key, req.header.as_ref())?;
+            self.txn_route(&c.key, req.header.as_ref())?;
         }
         for op in success.iter().chain(&failure) {
             let (key, value) = match op {
@@ -229,7 +360,7 @@ impl KvService {
             }
             // Relaxed keys cannot join an atomic transaction; the state machine refuses them
             // too, with the field named.
-            self.route(key, req.header.as_ref())?;
+            self.txn_route(key, req.header.as_ref())?;
         }
         let command = Command::Txn(Txn { compares, success, failure });
         match self.replica.propose(command, Some(idem)).await {

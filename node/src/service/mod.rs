@@ -1,10 +1,12 @@
 //! The gRPC services a node serves: the client API (`kv`, `lease`, `policy`, `cluster`)
-//! and the node-to-node API (`raft`).
+//! and the node-to-node API (`raft`, `relaxed`).
 
 pub mod cluster;
 pub mod kv;
 pub mod lease;
+pub mod policy;
 pub mod raft;
+pub mod relaxed;
 
 use seam_proto::status::detail;
 use seam_proto::status::with_detail;
