@@ -138,7 +138,7 @@ fn main() {
             elapsed.as_secs_f64(),
             entries as f64 / elapsed.as_secs_f64()
         );
-        sm.flush().expect("flush sled");
+        sm.flush().await.expect("flush sled");
         report("end (sled flushed)", &dir, &log, &sm);
         let state = log.get_log_state().await.expect("log state");
         println!(

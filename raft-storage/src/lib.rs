@@ -27,6 +27,7 @@ mod dir;
 pub mod error;
 mod log;
 pub mod negative_control;
+mod persist;
 pub mod sm;
 mod snapshot;
 pub mod state;

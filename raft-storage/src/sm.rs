@@ -9,9 +9,10 @@
 //! - The records an apply call changed, including the applied log id, go to sled in one
 //!   atomic `sled::Batch`: sled never holds a result without its applied index or the other
 //!   way round.
-//! - sled is not synced on apply. The log is the durable source: on restart openraft
-//!   re-applies the committed entries after sled's applied log id, and applying is
-//!   deterministic, so what sled lost is recomputed exactly.
+//! - sled is not synced on apply, nor written inline: a persister thread ([`crate::persist`])
+//!   writes the change lists of whole apply calls in order, merged under load. The log is
+//!   the durable source: on restart openraft re-applies the committed entries after sled's
+//!   applied log id, and applying is deterministic, so what sled lost is recomputed exactly.
 //! - purged <= snapshot <= applied. A built snapshot's file is durable before openraft
 //!   learns of it, so before openraft purges the log up to it. A received snapshot's file is
 //!   made durable first thing in `install_snapshot`, and a purge past it waits for that
@@ -43,6 +44,8 @@ use crate::config::StorageConfig;
 use crate::dir::DirLock;
 use crate::error;
 use crate::error::StorageOpenError;
+use crate::persist::replace_all;
+use crate::persist::Persister;
 use crate::snapshot::decode_records;
 use crate::snapshot::encode_records;
 use crate::snapshot::snapshot_id;
@@ -78,6 +81,7 @@ pub struct StateMachineStore {
     state: StateHandle,
     db: sled::Db,
     db_path: PathBuf,
+    persister: Persister,
     snapshots: Arc<Snapshots>,
     _lock: Arc<DirLock>,
 }
@@ -94,18 +98,6 @@ fn sled_error(path: &Path, e: sled::Error) -> StorageOpenError {
         sled::Error::Io(e) => StorageOpenError::io(path, e),
         e => StorageOpenError::CorruptStateMachine { path: path.to_path_buf(), reason: e.to_string() },
     }
-}
-
-/// Replaces everything in sled with `records`, in one atomic batch.
-fn replace_all(db: &sled::Db, records: &[(Vec<u8>, Vec<u8>)]) -> sled::Result<()> {
-    let mut batch = sled::Batch::default();
-    for key in db.iter().keys() {
-        batch.remove(key?);
-    }
-    for (k, v) in records {
-        batch.insert(k.as_slice(), v.as_slice());
-    }
-    db.apply_batch(batch)
 }
 
 /// Loads a state from snapshot data, checking it against the snapshot's meta.
@@ -167,10 +159,13 @@ impl StateMachineStore {
             }
             assert!(meta.last_log_id <= state.applied(), "snapshot <= applied after open");
         }
+        let persister = Persister::start(db.clone(), path.display().to_string())
+            .map_err(|e| StorageOpenError::io(path, e))?;
         Ok(StateMachineStore {
             state: StateHandle { state: Arc::new(RwLock::new(state)) },
             db,
             db_path: path.to_path_buf(),
+            persister,
             snapshots,
             _lock: lock,
         })
@@ -186,10 +181,11 @@ impl StateMachineStore {
         self.db.size_on_disk().map_err(std::io::Error::other)
     }
 
-    /// Flushes sled's buffers to its files. Not needed for correctness (see the module
-    /// docs); useful before measuring or a clean shutdown, to shorten the next start.
-    pub fn flush(&self) -> std::io::Result<()> {
-        self.db.flush().map(|_| ()).map_err(std::io::Error::other)
+    /// Waits until every applied change is in sled, then flushes sled's buffers to its
+    /// files. Not needed for correctness (see the module docs); useful before measuring or
+    /// a clean shutdown, to shorten the next start.
+    pub async fn flush(&self) -> std::io::Result<()> {
+        self.persister.barrier(true).await.map_err(std::io::Error::other)
     }
 }
 
@@ -212,16 +208,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             (responses, state.take_changes())
         };
         if !changes.is_empty() {
-            let mut batch = sled::Batch::default();
-            for (key, value) in changes {
-                match value {
-                    Some(value) => batch.insert(key, value),
-                    None => batch.remove(key),
-                }
-            }
-            self.db.apply_batch(batch).map_err(|e| {
-                error::write_state_machine(format!("applying to {}: {e}", self.db_path.display()))
-            })?;
+            self.persister.submit(changes).await.map_err(error::write_state_machine)?;
         }
         Ok(responses)
     }
@@ -251,7 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(error::write_snapshot)?
             .map_err(error::write_snapshot)?;
         *self.state.write() = state;
-        replace_all(&self.db, &records).map_err(|e| {
+        self.persister.replace(records).await.map_err(|e| {
             error::write_state_machine(format!("installing a snapshot into {}: {e}", self.db_path.display()))
         })?;
         self.snapshots.set_installing(false);

@@ -141,8 +141,12 @@ pub struct State {
     session_lru: BTreeSet<(u64, String)>,
     /// Changes not yet taken by the persistence layer.
     changes: Vec<Change>,
-    /// Whether the meta records changed since the last `take_changes`.
+    /// Whether the per-entry meta records (applied, membership, clock) changed since the
+    /// last `take_changes`.
     meta_dirty: bool,
+    /// Whether the settings or the policy history changed since the last `take_changes`
+    /// (rarely: they are only rewritten then).
+    config_dirty: bool,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -260,24 +264,41 @@ impl State {
         out
     }
 
-    fn meta_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// The metadata written after every applied entry.
+    fn entry_meta_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
         vec![
             (record::META_APPLIED.to_vec(), encode(&self.applied)),
             (record::META_MEMBERSHIP.to_vec(), encode(&self.membership)),
             (record::META_NOW.to_vec(), encode(&self.now_ms)),
+        ]
+    }
+
+    /// The metadata written only when it changes.
+    fn config_meta_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        vec![
             (record::META_SETTINGS.to_vec(), encode(&self.settings)),
             (record::META_HISTORY.to_vec(), encode(&self.history)),
         ]
     }
 
+    fn meta_records(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut records = self.entry_meta_records();
+        records.extend(self.config_meta_records());
+        records
+    }
+
     /// The changes made since the last call, in order, ending with the metadata (applied
-    /// log id and the rest) if it changed. Writing them in one atomic batch keeps the
+    /// log id and the rest) that changed. Writing them in one atomic batch keeps the
     /// persisted results and the applied index together.
     pub fn take_changes(&mut self) -> Vec<Change> {
         let mut changes = std::mem::take(&mut self.changes);
+        if self.config_dirty {
+            self.config_dirty = false;
+            changes.extend(self.config_meta_records().into_iter().map(|(k, v)| (k, Some(v))));
+        }
         if self.meta_dirty {
             self.meta_dirty = false;
-            changes.extend(self.meta_records().into_iter().map(|(k, v)| (k, Some(v))));
+            changes.extend(self.entry_meta_records().into_iter().map(|(k, v)| (k, Some(v))));
         }
         changes
     }
@@ -960,7 +981,7 @@ impl State {
         }
         let before = self.write_policy(revision, prefix, Some(policy));
         let change = self.record_change(revision, prefix, before, Some(policy.clone()));
-        self.meta_dirty = true;
+        self.config_dirty = true;
         Ok(Response::Policy { revision, change })
     }
 
@@ -994,7 +1015,7 @@ impl State {
         }
         let before = self.write_policy(revision, prefix, None);
         let change = self.record_change(revision, prefix, before, None);
-        self.meta_dirty = true;
+        self.config_dirty = true;
         Ok(Response::Policy { revision, change })
     }
 
@@ -1140,7 +1161,7 @@ impl State {
             }
         }
         let change = self.record_change(revision, prefix, before, Some(policy.clone()));
-        self.meta_dirty = true;
+        self.config_dirty = true;
         Ok(Response::Policy { revision, change })
     }
 
@@ -1158,7 +1179,7 @@ impl State {
             }
         }
         self.settings = settings.clone();
-        self.meta_dirty = true;
+        self.config_dirty = true;
         Ok(Response::Done { revision })
     }
 }
