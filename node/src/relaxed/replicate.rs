@@ -304,7 +304,12 @@ async fn run_sender(tier: RelaxedTier, peer: NodeId, mut stop: watch::Receiver<b
         }
         let Some(batch) = tier.take_batch(peer) else { return };
         let n = batch.items.len() as u64;
-        match tier.send(peer, batch.entries(), batch.watermark).await {
+        let result = if n == 0 && batch.watermark.is_none() {
+            Ok(()) // Nothing to send and nothing to promise (held until anti-entropy).
+        } else {
+            tier.send(peer, batch.entries(), batch.watermark).await
+        };
+        match result {
             Ok(()) => {
                 tier.replica().metrics().relaxed.sent.with_label_values(&[&label]).inc_by(n);
                 backoff_ms = heartbeat_ms;

@@ -299,6 +299,8 @@ impl PolicyService {
                     return Err(NodeError::Unavailable(format!("node {id} did not answer Collect: {e}")))
                 }
             };
+            // Bounded: each member sent at most `relaxed.promote_entries_max` entries, and
+            // each key keeps at most one version per member.
             for e in entries {
                 let list = versions.entry(e.key.clone()).or_default();
                 if list.len() <= peers.len() {
