@@ -672,3 +672,57 @@ async fn policy_changes_propagate_and_revert() {
     assert!(history.changes.len() >= 5, "{history:?}");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_keys_never_fall_back_to_their_seed() {
+    let cluster = TestCluster::start_with(3, |c| {
+        c.relaxed.heartbeat_ms = 50;
+        c.relaxed.anti_entropy_interval_ms = 100;
+        c.relaxed.sweep_interval_ms = 50;
+        c.relaxed.tombstone_ttl_ms = 1_000;
+        c.relaxed.skew_allowance_ms = 100;
+    })
+    .await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    let mut c = kv(&cluster, leader).await;
+    for key in ["seat/deleted", "seat/expiring", "seat/kept"] {
+        put(&mut c, key, "seed", None).await.expect("sacred put");
+    }
+    let mut p = policy(&cluster, leader).await;
+    p.demote(pb::DemoteRequest { header: header(), prefix: "seat/".into(), staleness_ms: 60_000, ttl_ms: 0 })
+        .await
+        .expect("demote");
+    wait_coherent(&cluster, 60_000).await;
+    let mut other =
+        kv(&cluster, cluster.running().into_iter().find(|id| *id != leader).expect("a follower")).await;
+    let seeded = get(&mut other, "seat/kept").await.expect("read the seed");
+    assert_eq!(
+        (value_of(&seeded).as_deref(), seeded.origin_node),
+        (Some("seed"), 0),
+        "the seed serves: {seeded:?}"
+    );
+    other
+        .delete(pb::DeleteRequest { header: header(), key: "seat/deleted".into(), token: None })
+        .await
+        .expect("delete");
+    put(&mut other, "seat/expiring", "short", Some(400)).await.expect("put with ttl");
+    // Well past the tombstone ttl and the value's expiry, on every node.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    wait_converged(&cluster, Duration::from_secs(10)).await;
+    for id in cluster.running() {
+        let mut c = kv(&cluster, id).await;
+        for (key, expect) in [("seat/deleted", None), ("seat/expiring", None), ("seat/kept", Some("seed"))] {
+            let r = get(&mut c, key).await.expect("read");
+            assert_eq!(value_of(&r).as_deref(), expect, "node {id}: {key} must not fall back to its seed");
+        }
+    }
+    // Promotion writes the deletes through Raft.
+    let promoted =
+        p.promote(pb::PromoteRequest { header: header(), prefix: "seat/".into() }).await.expect("promote");
+    assert!(promoted.get_ref().contested_keys.is_empty(), "{promoted:?}");
+    for key in ["seat/deleted", "seat/expiring"] {
+        assert_eq!(value_of(&get(&mut c, key).await.expect("sacred read")), None, "{key}");
+    }
+    assert_eq!(value_of(&get(&mut c, "seat/kept").await.expect("sacred read")).as_deref(), Some("seed"));
+    cluster.shutdown().await;
+}
