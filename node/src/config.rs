@@ -52,6 +52,7 @@ pub struct Config {
     pub limits: Limits,
     pub storage: StorageSection,
     pub relaxed: RelaxedConfig,
+    pub network: NetworkSection,
 }
 
 impl Default for Config {
@@ -69,6 +70,7 @@ impl Default for Config {
             limits: Limits::default(),
             storage: StorageSection::default(),
             relaxed: RelaxedConfig::default(),
+            network: NetworkSection::default(),
         }
     }
 }
@@ -162,6 +164,16 @@ impl Default for StorageSection {
     fn default() -> Self {
         StorageSection { sled_cache_bytes: 64 * 1024 * 1024, log_segment_bytes: 64 * 1024 * 1024 }
     }
+}
+
+/// How the node reaches its peers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSection {
+    /// Latency added to every call to a peer in another region, in ms: simulates a
+    /// multi-region deployment on one machine (this kernel has no `tc netem`). 0 in
+    /// production.
+    pub inter_region_delay_ms: u64,
 }
 
 /// The relaxed tier of this node (see `docs/relaxed.md`). Every queue and map of the tier

@@ -6,9 +6,11 @@
 //! the state machine of `seam-raft-storage`), [`service`] (the gRPC API), [`server`]
 //! (start and stop), [`http`] and [`metrics`] (observability).
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod demo;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -19,6 +19,8 @@ use seam_node::config::Config;
     about = "Seam: a replicated state store with per-field coherence contracts"
 )]
 struct Cli {
+    #[command(flatten)]
+    client: seam_node::cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +29,12 @@ struct Cli {
 enum Command {
     /// Start a node.
     Node(NodeArgs),
+    /// Start a local 3-region cluster, run a workload, kill the leader, and report.
+    Demo(seam_node::demo::DemoArgs),
+    /// Closed-loop benchmark of a Seam (or etcd) cluster; prints one JSON line.
+    Bench(seam_node::bench::BenchArgs),
+    #[command(flatten)]
+    Client(seam_node::cli::ClientCommand),
 }
 
 /// `seam node`: every flag overrides the config file; `SEAM_<FLAG>` overrides the file too.
@@ -59,6 +67,9 @@ struct NodeArgs {
     /// Bootstrap members, `ID=HOST:PORT[@REGION],...` (used only with an empty data dir).
     #[arg(long, env = "SEAM_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
+    /// Simulated latency to peers in other regions, ms (for local multi-region setups).
+    #[arg(long, env = "SEAM_INTER_REGION_DELAY_MS")]
+    inter_region_delay_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -94,6 +105,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.initial_cluster {
             config.initial_cluster = Some(v);
+        }
+        if let Some(v) = self.inter_region_delay_ms {
+            config.network.inter_region_delay_ms = v;
         }
         config.validate()?;
         Ok(config)
@@ -143,6 +157,17 @@ fn main() -> ExitCode {
                 init_tracing();
                 let config = args.into_config()?;
                 seam_node::server::run(config, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Bench(mut args) => {
+                args.endpoints = cli.client.endpoints;
+                let result = seam_node::bench::run(&args).await?;
+                println!("{}", serde_json::to_string(&result)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Client(cmd) => seam_node::cli::run(cli.client, cmd).await,
+            Command::Demo(args) => {
+                seam_node::demo::run(args).await?;
                 Ok(ExitCode::SUCCESS)
             }
         }

@@ -40,12 +40,19 @@ pub struct NetworkFactory {
     pub peers: Peers,
     /// Bytes of one Raft message at most, both ways.
     pub message_bytes_max: usize,
+    /// This node's region.
+    pub region: String,
+    /// Simulated latency to peers in other regions (see `NetworkSection`).
+    pub inter_region_delay_ms: u64,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Network {
+        if self.inter_region_delay_ms > 0 && !node.region.is_empty() && node.region != self.region {
+            self.peers.faults.set_delay_ms(target, self.inter_region_delay_ms);
+        }
         Network {
             target,
             addr: node.addr.clone(),

@@ -126,7 +126,12 @@ pub async fn start(
     let state = sm.state();
 
     let peers = Peers::new(faults);
-    let network = NetworkFactory { peers: peers.clone(), message_bytes_max: config.limits.message_bytes_max };
+    let network = NetworkFactory {
+        peers: peers.clone(),
+        message_bytes_max: config.limits.message_bytes_max,
+        region: config.region.clone(),
+        inter_region_delay_ms: config.network.inter_region_delay_ms,
+    };
     let raft_config = Arc::new(raft_config(&config)?);
     let raft = openraft::Raft::new(config.id, raft_config, network, log_store, sm)
         .await
