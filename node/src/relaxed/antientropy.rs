@@ -105,11 +105,11 @@ impl RelaxedTier {
             round.repaired += report.changed;
         }
         for chunk in differing.chunks(PULL_BUCKETS_PER_CALL) {
-            let (entries, more) = self.pull(chunk, limit);
-            round.complete &= !more;
-            for batch in entries.chunks(self.config().batch_entries_max) {
+            let pulled = self.pull(chunk, limit);
+            round.complete &= !pulled.more;
+            for batch in pulled.entries.chunks(self.config().batch_entries_max) {
                 round.pushed += batch.len() as u64;
-                self.send(peer, batch.to_vec(), None).await?;
+                self.send(peer, batch.to_vec(), None, pulled.policy_revision).await?;
             }
         }
         if round.complete {

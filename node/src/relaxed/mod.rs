@@ -30,8 +30,10 @@
 //! - A node knows, per origin, a watermark below which it has seen every write of that
 //!   origin ([`coherence`]); observed staleness is now minus the oldest watermark over the
 //!   members. A read whose budget is smaller answers `StalenessBudgetExceeded`.
-//! - Merging waits until this node has applied the sender's Raft index, so a write is never
-//!   dropped for a policy this node has not caught up with yet.
+//! - Merging waits until this node has applied the newest policy revision the entries were
+//!   written under, so a write is never dropped for a policy this node has not caught up
+//!   with yet (and a node cut off from the Raft leader still merges writes of fields whose
+//!   policy it has).
 //!
 //! Lock order: `core`, then the state machine's read lock, then `outbox`, then `coherence`.
 
@@ -111,6 +113,16 @@ pub struct MergeReport {
     /// Entries ignored: their key is not relaxed here, they belong to an earlier relaxed
     /// period, or they had expired.
     pub ignored: u64,
+}
+
+/// Entries taken for anti-entropy.
+#[derive(Debug, Default)]
+pub struct Pulled {
+    pub entries: Vec<pb::RelaxedEntry>,
+    /// Some entries were left out (the limit was reached).
+    pub more: bool,
+    /// The newest revision of the field policies that govern the entries.
+    pub policy_revision: u64,
 }
 
 /// Where merged entries came from.
@@ -299,6 +311,7 @@ impl RelaxedTier {
         }
         let pins_seed = state.get(key).is_some();
         let revision = state.applied().map_or(0, |l| l.index);
+        let policy_revision = g.field.revision;
         drop(state);
         let current = core.store.get(key).filter(|e| e.hlc > g.floor).cloned();
         let prev = current.as_ref().map(|e| e.hlc).or(pins_seed.then_some(g.floor));
@@ -317,7 +330,7 @@ impl RelaxedTier {
             }
         };
         let entry = Entry { value, hlc, prev, expires_ms, contested: false, pins_seed };
-        let outgoing = Outgoing::new(key, &entry);
+        let outgoing = Outgoing::new(key, &entry, policy_revision);
         let inserted = core.store.insert(key.to_vec(), entry, now);
         self.account_evictions(&inserted.evicted, inserted.expired);
         let shed = self.outbox().enqueue(outgoing);
@@ -346,7 +359,7 @@ impl RelaxedTier {
     // ---- replication ------------------------------------------------------------------
 
     /// Merges entries received from `from` (last writer wins), after applying at least the
-    /// sender's Raft index `applied_index`.
+    /// Raft index `applied_index` (the newest policy revision they were written under).
     pub async fn merge(
         &self,
         from: NodeId,
@@ -486,19 +499,25 @@ impl RelaxedTier {
         (digests, seen)
     }
 
-    /// The entries of the given buckets, at most `limit` (`more`: some were left out).
-    pub fn pull(&self, bucket_ids: &[u32], limit: usize) -> (Vec<pb::RelaxedEntry>, bool) {
+    /// The entries of the given buckets, at most `limit` (`more`: some were left out), and
+    /// the newest revision of the field policies that govern them here.
+    pub fn pull(&self, bucket_ids: &[u32], limit: usize) -> Pulled {
         let core = self.read_core();
-        let mut out = Vec::new();
+        let state = self.inner.replica.state().read();
+        let mut out = Pulled::default();
         for b in bucket_ids {
             for (k, e) in core.store.bucket(*b as usize) {
-                if out.len() >= limit {
-                    return (out, true);
+                if out.entries.len() >= limit {
+                    out.more = true;
+                    return out;
                 }
-                out.push(entry_to_pb(k, e));
+                if let Some(f) = state.field(k) {
+                    out.policy_revision = out.policy_revision.max(f.revision);
+                }
+                out.entries.push(entry_to_pb(k, e));
             }
         }
-        (out, false)
+        out
     }
 
     /// Everything this node holds under the frozen field `prefix`, once it has applied the

@@ -48,13 +48,15 @@ pub struct Outgoing {
     hlc: Hlc,
     entry: Arc<pb::RelaxedEntry>,
     bytes: u64,
+    /// The revision of the field policy the write was accepted under.
+    revision: u64,
 }
 
 impl Outgoing {
-    pub fn new(key: &[u8], entry: &Entry) -> Outgoing {
+    pub fn new(key: &[u8], entry: &Entry, revision: u64) -> Outgoing {
         let pb = super::entry_to_pb(key, entry);
         let bytes = (pb.key.len() + pb.value.len() + 64) as u64;
-        Outgoing { hlc: entry.hlc, entry: Arc::new(pb), bytes }
+        Outgoing { hlc: entry.hlc, entry: Arc::new(pb), bytes, revision }
     }
 }
 
@@ -83,6 +85,11 @@ pub struct Batch {
 impl Batch {
     pub fn entries(&self) -> Vec<pb::RelaxedEntry> {
         self.items.iter().map(|o| (*o.entry).clone()).collect()
+    }
+
+    /// The newest policy revision the batch's writes were accepted under.
+    pub fn policy_revision(&self) -> u64 {
+        self.items.iter().map(|o| o.revision).max().unwrap_or(0)
     }
 }
 
@@ -260,19 +267,21 @@ impl RelaxedTier {
             .max_encoding_message_size(bytes_max))
     }
 
-    /// Sends `entries` (and `watermark`) to `peer`.
+    /// Sends `entries` (and `watermark`) to `peer`, which merges them once it has applied
+    /// `policy_revision`.
     pub(crate) async fn send(
         &self,
         peer: NodeId,
         entries: Vec<pb::RelaxedEntry>,
         watermark: Option<Hlc>,
+        policy_revision: u64,
     ) -> Result<(), NodeError> {
         let mut client = self.relaxed_client(peer).await?;
         let request = pb::ReplicateRequest {
             from: self.id(),
             entries,
             watermark: watermark.map(Hlc::to_pb),
-            applied_index: self.replica().applied_index(),
+            applied_index: policy_revision,
         };
         tokio::time::timeout(Duration::from_millis(PEER_CALL_TIMEOUT_MS), client.replicate(request))
             .await
@@ -307,7 +316,7 @@ async fn run_sender(tier: RelaxedTier, peer: NodeId, mut stop: watch::Receiver<b
         let result = if n == 0 && batch.watermark.is_none() {
             Ok(()) // Nothing to send and nothing to promise (held until anti-entropy).
         } else {
-            tier.send(peer, batch.entries(), batch.watermark).await
+            tier.send(peer, batch.entries(), batch.watermark, batch.policy_revision()).await
         };
         match result {
             Ok(()) => {
@@ -379,7 +388,7 @@ mod tests {
             contested: false,
             pins_seed: false,
         };
-        Outgoing::new(format!("k{ms}").as_bytes(), &e)
+        Outgoing::new(format!("k{ms}").as_bytes(), &e, 1)
     }
 
     fn outbox(queue_max: usize, batch: usize) -> Outbox {

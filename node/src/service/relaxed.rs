@@ -71,10 +71,12 @@ impl Relaxed for RelaxedService {
             0 => max,
             n => n.min(max),
         };
-        let (entries, more) = self.tier.pull(&req.bucket_ids, limit);
-        // Read after the entries: every one of them was written under a policy at or below it.
-        let applied_index = self.tier.replica().applied_index();
-        Ok(Response::new(pb::PullResponse { entries, more, applied_index }))
+        let pulled = self.tier.pull(&req.bucket_ids, limit);
+        Ok(Response::new(pb::PullResponse {
+            entries: pulled.entries,
+            more: pulled.more,
+            applied_index: pulled.policy_revision,
+        }))
     }
 
     async fn collect(
