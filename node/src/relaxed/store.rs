@@ -51,6 +51,10 @@ impl Entry {
     /// `skew_ms` before expiry on (so no node returns it after its expiry even if its
     /// clock is behind by up to `skew_ms`).
     pub fn visible_value(&self, now_ms: u64, skew_ms: u64) -> Option<&[u8]> {
+        #[cfg(feature = "negative-controls")]
+        if serve_expired() {
+            return self.value.as_deref();
+        }
         let live = self.expires_ms == 0 || now_ms.saturating_add(skew_ms) < self.expires_ms;
         self.value.as_deref().filter(|_| live)
     }
@@ -58,6 +62,14 @@ impl Entry {
     fn bytes(&self, key: &[u8]) -> u64 {
         3 * key.len() as u64 + self.value.as_ref().map_or(0, |v| v.len() as u64) + ENTRY_OVERHEAD_BYTES
     }
+}
+
+/// Negative control `serve-expired` (Jepsen): expired values stay visible and are not
+/// swept. Compiled only with the `negative-controls` feature.
+#[cfg(feature = "negative-controls")]
+fn serve_expired() -> bool {
+    use seam_raft_storage::negative_control::{active, Control};
+    active(Control::ServeExpired)
 }
 
 /// FNV-1a, then a 64-bit finalizer: stable across builds and platforms.
@@ -270,6 +282,10 @@ impl Store {
     /// Reclaims at most `limit` entries that expired by `now_ms`.
     pub fn sweep_expired(&mut self, now_ms: u64, limit: usize) -> Swept {
         let mut swept = Swept::default();
+        #[cfg(feature = "negative-controls")]
+        if serve_expired() {
+            return swept;
+        }
         for _ in 0..limit {
             let pins = match self.by_expiry.first() {
                 Some((expires_ms, key)) if *expires_ms <= now_ms => {
