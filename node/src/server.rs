@@ -77,9 +77,13 @@ impl NodeHandle {
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        // The relaxed tier holds nothing durable: stop its tasks at once, even mid-call.
         for task in self.background.drain(..) {
+            task.abort();
             if let Err(e) = task.await {
-                tracing::warn!(error = %e, "relaxed tier task");
+                if !e.is_cancelled() {
+                    tracing::warn!(error = %e, "relaxed tier task");
+                }
             }
         }
         for task in self.tasks.drain(..) {
