@@ -535,43 +535,57 @@ impl Env {
     }
 }
 
+/// How a wait ended.
+#[derive(PartialEq, Eq)]
+enum Wait {
+    /// The deadline came.
+    Reached,
+    /// The run told the nemesis to stop: heal what is active.
+    Stopped,
+    /// The run was dropped (interrupted): its teardown removes everything, heal nothing.
+    Abandoned,
+}
+
 /// Runs `schedule` from `start` until it ends or `stop` is set; heals what is active on
 /// the way out. Also watches for nodes that exit on their own (recorded as `crash`).
 pub async fn run(env: &Env, schedule: &Schedule, start: Instant, mut stop: watch::Receiver<bool>) {
     for step in &schedule.steps {
-        if !wait_until(env, start + Duration::from_millis(step.start_ms), &mut stop).await {
-            break;
+        if wait_until(env, start + Duration::from_millis(step.start_ms), &mut stop).await != Wait::Reached {
+            return;
         }
         let Some(active) = env.begin(&step.fault).await else { continue };
-        let stopped = !wait_until(env, start + Duration::from_millis(step.end_ms), &mut stop).await;
-        env.end(active).await;
-        if stopped {
-            break;
+        match wait_until(env, start + Duration::from_millis(step.end_ms), &mut stop).await {
+            Wait::Reached => env.end(active).await,
+            Wait::Stopped => {
+                env.end(active).await;
+                return;
+            }
+            Wait::Abandoned => return,
         }
     }
     // After the last fault: keep watching for crashes until told to stop.
-    while wait_until(env, Instant::now() + Duration::from_secs(3_600), &mut stop).await {}
+    while wait_until(env, Instant::now() + Duration::from_secs(3_600), &mut stop).await == Wait::Reached {}
 }
 
-/// Sleeps until `deadline`, checking for crashes each second; false if `stop` was set.
-async fn wait_until(env: &Env, deadline: Instant, stop: &mut watch::Receiver<bool>) -> bool {
+/// Sleeps until `deadline`, checking for crashes each second.
+async fn wait_until(env: &Env, deadline: Instant, stop: &mut watch::Receiver<bool>) -> Wait {
     loop {
         if *stop.borrow() {
-            return false;
+            return Wait::Stopped;
         }
         for exit in env.cluster.check_exits() {
             env.rec.nemesis("crash", json!({"node": exit.node, "status": exit.status}));
         }
         let now = Instant::now();
         if now >= deadline {
-            return true;
+            return Wait::Reached;
         }
         let nap = (deadline - now).min(Duration::from_secs(1));
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             changed = stop.changed() => {
                 if changed.is_err() {
-                    return false;
+                    return Wait::Abandoned;
                 }
             }
         }

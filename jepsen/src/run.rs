@@ -33,9 +33,9 @@ use tokio::task::JoinSet;
 
 use crate::check::linear::LinearConfig;
 use crate::check::relaxed::RelaxedConfig;
-use crate::check::{check_history, CheckConfig, Validity, Workload};
+use crate::check::{check_history, CheckConfig, CheckResult, Counts, Validity, Workload};
 use crate::cluster::{Cluster, Exit};
-use crate::history::read_history_file;
+use crate::history::{pair, read_history_file, Op, Outcome};
 use crate::nemesis::{self, NemesisKind, Schedule};
 use crate::net::{NetMode, Network, NODES_MAX};
 use crate::proxy::NodeId;
@@ -472,6 +472,7 @@ pub async fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
             .then(|| RelaxedConfig { budget_ms: options.budget_ms, skew_ms: options.skew_allowance_ms() }),
     };
     let result = check_history(options.workload, &ops, &config).map_err(|e| fail("checking", e))?;
+    let harness = harness_result(options.workload, &ops, &crashes_during, unidentified)?;
     let info = RunInfo {
         nemeses: options.nemeses.iter().map(|k| k.as_str().to_string()).collect(),
         seed: Some(options.seed),
@@ -484,8 +485,8 @@ pub async fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
         command: Some(options.command()),
         ..RunInfo::new(options.workload)
     };
-    let summary =
-        write_report(&options.out, &info, &ops, &[result]).map_err(|e| fail("writing the report", e))?;
+    let summary = write_report(&options.out, &info, &ops, &[result, harness])
+        .map_err(|e| fail("writing the report", e))?;
     let check_ms = check_started.elapsed().as_millis() as u64;
     let validity = summary.validity();
     let crashes: Vec<Exit> = crashes_during;
@@ -529,6 +530,50 @@ pub async fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     })
 }
 
+/// The operations that must have succeeded at least once for a run to test anything.
+fn required_ok(workload: Workload) -> &'static [&'static str] {
+    match workload {
+        Workload::Register => &["read", "write"],
+        Workload::Idempotent => &["write", "read"],
+        Workload::Lease => &["acquire", "write"],
+        Workload::Relaxed => &["put", "get", "final-read"],
+    }
+}
+
+/// The harness's own verdict on the run, reported next to the checker's: Unknown when
+/// the run tested nothing (no operation of a kind the checker needs ever succeeded:
+/// every checker is vacuously valid on such a history), or when proxies could not tell
+/// node connections from client ones (partitions may have leaked). Counts crashes and
+/// unidentified connections.
+fn harness_result(
+    workload: Workload,
+    ops: &[Op],
+    crashes: &[Exit],
+    unidentified: u64,
+) -> Result<CheckResult, RunError> {
+    let operations = pair(ops).map_err(|e| fail("pairing the history", e))?;
+    let refs: Vec<&crate::history::Operation> = operations.iter().collect();
+    let mut counts = Counts::of(&refs);
+    let mut reasons = Vec::new();
+    for f in required_ok(workload) {
+        let ok = operations.iter().filter(|op| op.f == *f && op.outcome == Outcome::Ok).count() as u64;
+        counts.detail.insert(format!("ok {f}"), ok);
+        if ok == 0 {
+            reasons.push(format!("no {f} succeeded, so the run tested nothing"));
+        }
+    }
+    counts.detail.insert("node crashes".into(), crashes.len() as u64);
+    counts.detail.insert("unidentified proxy connections".into(), unidentified);
+    if unidentified > 0 {
+        reasons.push(format!(
+            "{unidentified} proxy connection(s) came from no known process; partitions may have leaked"
+        ));
+    }
+    let valid =
+        if reasons.is_empty() { Validity::Valid } else { Validity::Unknown { reason: reasons.join("; ") } };
+    Ok(CheckResult { checker: "harness".into(), valid, counts, anomaly_count: 0, anomalies: Vec::new() })
+}
+
 fn print_outcome(options: &RunOptions, summary: &Summary, crashes: &[Exit], unclean: &[Exit]) {
     let h = &summary.history;
     println!(
@@ -538,6 +583,9 @@ fn print_outcome(options: &RunOptions, summary: &Summary, crashes: &[Exit], uncl
         h.nemesis_events
     );
     for result in &summary.results {
+        if let Validity::Unknown { reason } = &result.valid {
+            println!("seam-jepsen: {} checker: unknown: {reason}", result.checker);
+        }
         if let Some(anomaly) = result.first_anomaly() {
             let text = serde_json::to_value(anomaly).unwrap_or_default();
             println!(

@@ -27,13 +27,15 @@ pub const KEYS: u64 = 16;
 /// Key prefix (the relaxed field).
 pub const PREFIX: &str = "jepsen/relaxed/";
 /// Shortest TTL put.
-pub const TTL_MS_MIN: u64 = 300;
+pub const TTL_MS_MIN: u64 = 700;
 /// Longest TTL put.
-pub const TTL_MS_MAX: u64 = 2_000;
+pub const TTL_MS_MAX: u64 = 2_500;
 /// Per-attempt SDK timeout.
 pub const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// SDK retries per operation.
 pub const RETRIES_MAX: u32 = 1;
+/// Attempts to connect a pinned client before giving up on its node.
+pub const CONNECT_ATTEMPTS_MAX: u32 = 25;
 /// How long setting the policy may take before the run gives up.
 pub const POLICY_SET_MS_MAX: u64 = 30_000;
 
@@ -43,18 +45,15 @@ pub async fn setup(ctx: &Ctx, budget_ms: u64) -> Result<(), String> {
     let policy = seam_client::Policy::relaxed(PREFIX, budget_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(POLICY_SET_MS_MAX);
     loop {
-        match client.policies().set(policy.clone()).await {
+        let last = match client.policies().set(policy.clone()).await {
             Ok(outcome) if outcome.lagging_nodes.is_empty() => return Ok(()),
-            Ok(outcome) => {
-                eprintln!("seam-jepsen: relaxed policy set; lagging nodes {:?}", outcome.lagging_nodes)
-            }
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("setting the relaxed policy on {PREFIX}: {}", error_text(&e)))
-            }
-            Err(_) => {}
-        }
+            Ok(outcome) => format!("set, but nodes {:?} do not serve it yet", outcome.lagging_nodes),
+            Err(e) => error_text(&e),
+        };
         if tokio::time::Instant::now() >= deadline {
-            return Ok(());
+            return Err(format!(
+                "setting the relaxed policy on {PREFIX} within {POLICY_SET_MS_MAX} ms: {last}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -71,7 +70,10 @@ pub fn spawn(ctx: &Ctx, workers: usize, set: &mut JoinSet<()>) {
     }
 }
 
-fn pinned_client(
+/// A client that talks to `node` only for relaxed operations: its region is the node's,
+/// and it has loaded the members and the policy table before its first operation
+/// (otherwise it would route the first ones as sacred, to the leader).
+async fn pinned_client(
     ctx: &Ctx,
     node: &NodeInfo,
     request_timeout_ms: u64,
@@ -79,18 +81,21 @@ fn pinned_client(
 ) -> Option<seam_client::Client> {
     let mut config = client_config(ctx, &node.region, request_timeout_ms, retries_max);
     config.endpoints = vec![node.addr.clone()];
-    match seam_client::Client::new(config) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            eprintln!("seam-jepsen: relaxed client for node {}: {e}", node.id);
-            None
+    let mut last = String::new();
+    for _ in 0..CONNECT_ATTEMPTS_MAX {
+        match seam_client::Client::connect(config.clone()).await {
+            Ok(client) => return Some(client),
+            Err(e) => last = error_text(&e),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    eprintln!("seam-jepsen: relaxed client for node {}: {last}", node.id);
+    None
 }
 
 async fn worker(ctx: Ctx, w: u64, node: NodeInfo, values: Arc<AtomicI64>) {
     let mut rng = Rng::stream(ctx.seed, 4_000 + w);
-    let Some(client) = pinned_client(&ctx, &node, REQUEST_TIMEOUT_MS, RETRIES_MAX) else { return };
+    let Some(client) = pinned_client(&ctx, &node, REQUEST_TIMEOUT_MS, RETRIES_MAX).await else { return };
     let mut process = Process::new(ctx.rec.clone());
     while !ctx.stopping() {
         let key = format!("{PREFIX}{}", rng.below(KEYS));
@@ -154,7 +159,7 @@ async fn worker(ctx: Ctx, w: u64, node: NodeInfo, values: Arc<AtomicI64>) {
 pub async fn final_reads(ctx: &Ctx) {
     let mut process = Process::new(ctx.rec.clone());
     for node in &ctx.nodes {
-        let Some(client) = pinned_client(ctx, node, 2_000, 2) else { continue };
+        let Some(client) = pinned_client(ctx, node, 2_000, 2).await else { continue };
         for k in 0..KEYS {
             let key = format!("{PREFIX}{k}");
             for _ in 0..super::FINAL_READ_ATTEMPTS_MAX {
