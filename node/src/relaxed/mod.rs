@@ -233,6 +233,13 @@ impl RelaxedTier {
             .collect()
     }
 
+    /// The ids of the current members other than this node (no allocation per member).
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let metrics = self.inner.replica.raft().metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().nodes().map(|(id, _)| *id).filter(|id| *id != self.id()).collect()
+    }
+
     // ---- reads and writes -------------------------------------------------------------
 
     /// Reads `key` if its field is relaxed here (`None`: it is not; serve it as sacred).
@@ -576,7 +583,7 @@ impl RelaxedTier {
 
     /// How far behind its peers this node may be at `now_ms`.
     pub fn observed_staleness(&self, now_ms: u64) -> Staleness {
-        let peers: Vec<NodeId> = self.peers().keys().copied().collect();
+        let peers = self.peer_ids();
         self.coherence().staleness(peers, now_ms)
     }
 
