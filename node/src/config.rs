@@ -224,6 +224,10 @@ pub struct RelaxedConfig {
     pub promote_entries_max: usize,
     /// Bytes of keys and values one promotion may write (they travel in one Raft entry).
     pub promote_bytes_max: u64,
+    /// A field still frozen this long after the leader first saw the freeze, with no
+    /// promotion of it running on the leader (its coordinator died or lost leadership), is
+    /// unfrozen by the leader: writes resume, the field stays relaxed.
+    pub freeze_abandon_ms: u64,
     /// How long a policy change waits for every member to apply it before answering with
     /// the members that lag.
     pub policy_propagation_timeout_ms: u64,
@@ -246,6 +250,7 @@ impl Default for RelaxedConfig {
             sweep_entries_max: 10_000,
             promote_entries_max: 100_000,
             promote_bytes_max: 8 * 1024 * 1024,
+            freeze_abandon_ms: 30_000,
             policy_propagation_timeout_ms: 5_000,
         }
     }
@@ -267,6 +272,7 @@ impl RelaxedConfig {
             ("relaxed.sweep_entries_max", self.sweep_entries_max as u64),
             ("relaxed.promote_entries_max", self.promote_entries_max as u64),
             ("relaxed.promote_bytes_max", self.promote_bytes_max),
+            ("relaxed.freeze_abandon_ms", self.freeze_abandon_ms),
             ("relaxed.policy_propagation_timeout_ms", self.policy_propagation_timeout_ms),
         ] {
             if value == 0 {

@@ -54,6 +54,8 @@ async fn cluster() -> TestCluster {
         c.relaxed.sweep_interval_ms = 50;
         c.relaxed.tombstone_ttl_ms = 5_000;
         c.relaxed.skew_allowance_ms = 100;
+        c.relaxed.freeze_abandon_ms = 500;
+        c.relaxed.policy_propagation_timeout_ms = 500;
         c.metrics_listen = Some("127.0.0.1:0".into());
     })
     .await
@@ -590,12 +592,31 @@ async fn promotion_fails_cleanly_when_a_member_is_unreachable() {
     assert!(err.message().contains("stays relaxed"), "{}", err.message());
     // Unfrozen and still relaxed: writes go on.
     put(&mut c, "sess/1", "w", None).await.expect("the field is writable again");
+    // A change while a member is down names it as lagging (after the bounded wait).
+    let lagging = set_relaxed(&cluster, leader, "other/", 60_000).await;
+    assert_eq!(lagging.lagging_nodes, vec![down], "{lagging:?}");
+    assert!(lagging.propagation_ms >= 500, "waited for the member ({} ms)", lagging.propagation_ms);
+    // A freeze whose coordinator vanished is lifted by the leader.
+    let freeze = seam_raft_storage::Command::PolicyFreeze { prefix: b"sess/".to_vec() };
+    cluster.node(leader).replica.propose(freeze, None).await.expect("freeze");
+    let refused = put(&mut c, "sess/1", "x", None).await.expect_err("frozen");
+    assert!(refused.message().contains("frozen"), "{}", refused.message());
+    let frozen_at = Instant::now();
+    eventually("the abandoned freeze lifted", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { put(&mut c, "sess/1", "x", None).await.ok() }
+    })
+    .await;
+    println!(
+        "abandoned freeze lifted after {} ms (freeze_abandon_ms = 500)",
+        frozen_at.elapsed().as_millis()
+    );
     cluster.restart(down).await;
     wait_coherent(&cluster, 60_000).await;
     let r = get(&mut kv(&cluster, down).await, "sess/1").await.expect("read on the restarted node");
     assert_eq!(
         (r.header.as_ref().map(|h| h.tier), value_of(&r).as_deref()),
-        (Some(pb::Tier::Relaxed as i32), Some("w"))
+        (Some(pb::Tier::Relaxed as i32), Some("x"))
     );
     cluster.shutdown().await;
 }

@@ -44,6 +44,7 @@ pub mod replicate;
 pub mod store;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::MutexGuard;
@@ -146,6 +147,8 @@ struct Inner {
     core: RwLock<Core>,
     outbox: Mutex<Outbox>,
     coherence: Mutex<Coherence>,
+    /// Prefixes whose promotion this node is coordinating (bounded by `policies_max`).
+    promoting: Mutex<BTreeSet<Vec<u8>>>,
 }
 
 struct Core {
@@ -184,6 +187,7 @@ impl RelaxedTier {
             inner: Arc::new(Inner {
                 outbox: Mutex::new(Outbox::new(&config)),
                 coherence: Mutex::new(Coherence::new(replica.id())),
+                promoting: Mutex::new(BTreeSet::new()),
                 core: RwLock::new(core),
                 config,
                 replica,
@@ -691,8 +695,20 @@ impl RelaxedTier {
         vec![
             tokio::spawn(replicate::supervise(self.clone(), stop.clone())),
             tokio::spawn(antientropy::run(self.clone(), stop.clone())),
-            tokio::spawn(antientropy::sweep(self.clone(), stop)),
+            tokio::spawn(antientropy::sweep(self.clone(), stop.clone())),
+            tokio::spawn(lift_abandoned_freezes(self.clone(), stop)),
         ]
+    }
+
+    /// Registers a promotion of `prefix` coordinated here, until the guard is dropped (the
+    /// leader does not lift its freeze meanwhile).
+    pub fn promotion(&self, prefix: &[u8]) -> PromotionGuard {
+        self.inner.promoting.lock().unwrap_or_else(|p| p.into_inner()).insert(prefix.to_vec());
+        PromotionGuard { tier: self.clone(), prefix: prefix.to_vec() }
+    }
+
+    fn promoting(&self, prefix: &[u8]) -> bool {
+        self.inner.promoting.lock().unwrap_or_else(|p| p.into_inner()).contains(prefix)
     }
 
     // ---- housekeeping -----------------------------------------------------------------
@@ -736,6 +752,51 @@ impl RelaxedTier {
     pub fn usage(&self) -> (usize, u64) {
         let core = self.read_core();
         (core.store.len(), core.store.bytes())
+    }
+}
+
+/// A promotion coordinated by this node (see [`RelaxedTier::promotion`]).
+pub struct PromotionGuard {
+    tier: RelaxedTier,
+    prefix: Vec<u8>,
+}
+
+impl Drop for PromotionGuard {
+    fn drop(&mut self) {
+        self.tier.inner.promoting.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.prefix);
+    }
+}
+
+/// On the leader: unfreezes fields whose promotion was abandoned (frozen for
+/// `freeze_abandon_ms` since this node first saw the freeze, with no promotion of them
+/// running here). Their coordinator died or lost leadership; without this, writes to the
+/// field would stay refused until someone promoted it again.
+async fn lift_abandoned_freezes(tier: RelaxedTier, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let abandon_ms = tier.config().freeze_abandon_ms;
+    // (prefix, freeze revision) -> first seen; bounded by the number of policies.
+    let mut seen: BTreeMap<(Vec<u8>, u64), std::time::Instant> = BTreeMap::new();
+    loop {
+        let frozen: Vec<(Vec<u8>, u64)> = {
+            let state = tier.replica().state().read();
+            state.policies().filter_map(|f| Some((f.prefix.clone(), f.frozen?))).collect()
+        };
+        seen.retain(|k, _| frozen.contains(k));
+        for key in frozen {
+            let first = *seen.entry(key.clone()).or_insert_with(std::time::Instant::now);
+            let (prefix, frozen_revision) = key;
+            let due = first.elapsed() >= Duration::from_millis(abandon_ms);
+            if due && tier.replica().is_leader() && !tier.promoting(&prefix) {
+                tracing::warn!(prefix = %field_name(&prefix), frozen_revision, "lifting an abandoned freeze");
+                let command = seam_raft_storage::Command::PolicyUnfreeze { prefix, frozen_revision };
+                if let Err(e) = tier.replica().propose(command, None).await {
+                    tracing::warn!(error = %e, "lifting an abandoned freeze");
+                }
+            }
+        }
+        let period_ms = (abandon_ms / 4).clamp(10, 1_000);
+        if replicate::pause(period_ms, &mut stop).await {
+            return;
+        }
     }
 }
 

@@ -191,6 +191,7 @@ impl PolicyService {
         idem: Option<IdempotencyKey>,
     ) -> Result<Changed, NodeError> {
         let name = field_name(prefix);
+        let _promoting = self.relaxed.promotion(prefix);
         let frozen_revision = match self
             .replica
             .propose(Command::PolicyFreeze { prefix: prefix.to_vec() }, None)
