@@ -747,3 +747,34 @@ async fn demoted_keys_never_fall_back_to_their_seed() {
     assert_eq!(value_of(&get(&mut c, "seat/kept").await.expect("sacred read")).as_deref(), Some("seed"));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bounds_evict_the_oldest_and_count_it_per_field() {
+    let cluster = TestCluster::start_with(3, |c| {
+        c.relaxed.entries_max = 20;
+        c.relaxed.heartbeat_ms = 50;
+        c.relaxed.anti_entropy_interval_ms = 200;
+        c.relaxed.tombstone_ttl_ms = 5_000;
+    })
+    .await;
+    let leader = cluster.leader(Duration::from_secs(20)).await;
+    set_relaxed(&cluster, leader, "view/", 60_000).await;
+    wait_coherent(&cluster, 60_000).await;
+    let mut c = kv(&cluster, leader).await;
+    for i in 0..50 {
+        put(&mut c, &format!("view/{i:02}"), "v", None).await.expect("put");
+    }
+    for id in cluster.running() {
+        let (entries, _) = cluster.node(id).relaxed.usage();
+        assert!(entries <= 20, "node {id} holds {entries} entries, over entries_max");
+    }
+    let evicted = metric(&cluster, leader, "seam_relaxed_evictions_total", "field=\"view/\"");
+    assert!(evicted >= 30, "50 writes into 20 entries evict at least 30, counted per field ({evicted})");
+    // The newest writes survive; the oldest are gone (and reported, not silently).
+    assert_eq!(value_of(&get(&mut c, "view/49").await.expect("read")).as_deref(), Some("v"));
+    assert_eq!(value_of(&get(&mut c, "view/00").await.expect("read")), None);
+    let report = cluster.node(leader).relaxed.coherence_report();
+    let view = report.fields.iter().find(|f| f.prefix == "view/").expect("field in the report");
+    assert!(view.evictions_total >= 30, "{view:?}");
+    cluster.shutdown().await;
+}
