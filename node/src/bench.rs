@@ -222,7 +222,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
                 let k = key(n as usize % keys);
                 let do_put = match op {
                     Op::Get => false,
-                    Op::Mixed => n % 2 == 0,
+                    Op::Mixed => n.is_multiple_of(2),
                     Op::Put | Op::Fdatasync | Op::Rtt => true,
                 };
                 let started = Instant::now();

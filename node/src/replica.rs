@@ -59,10 +59,30 @@ pub const READ_INDEX_WAITERS_MAX: usize = 65_536;
 
 type ReadWaiter = oneshot::Sender<Result<(u64, Instant), NodeError>>;
 
+/// Proposals waiting to be batched at most; past it a write is refused with `Backpressure`
+/// (definitely not applied).
+pub const PROPOSALS_QUEUED_MAX: usize = 65_536;
+/// Requests in one batch entry at most.
+pub const PROPOSAL_BATCH_MAX: usize = 512;
+/// Bytes of keys and values in one batch entry at most (a single larger request still
+/// goes alone); keeps entries well below the message size limit.
+pub const PROPOSAL_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Batch entries in flight at once. While they are, new proposals queue up and form the
+/// next batch: that is what makes batches grow with load. Idle, a proposal goes at once.
+pub const PROPOSAL_BATCHES_INFLIGHT_MAX: usize = 2;
+
+/// One caller's proposal and where to send its response.
+struct Proposal {
+    request: Request,
+    reply: oneshot::Sender<Result<Response, NodeError>>,
+}
+
 struct Inner {
     id: NodeId,
     /// Readers waiting for the next ReadIndex round (see [`Replica::read_index`]).
     read_rounds: mpsc::Sender<ReadWaiter>,
+    /// Proposals waiting to be batched (see [`run_proposals`]).
+    proposals: mpsc::Sender<Proposal>,
     config: Config,
     raft: Raft<TypeConfig>,
     state: StateHandle,
@@ -83,9 +103,11 @@ impl Replica {
     ) -> Self {
         let inflight = Semaphore::new(config.limits.inflight_requests_max);
         let (read_rounds, waiters) = mpsc::channel(READ_INDEX_WAITERS_MAX);
+        let (proposals, queued) = mpsc::channel(PROPOSALS_QUEUED_MAX);
         let replica = Replica {
             inner: Arc::new(Inner {
                 read_rounds,
+                proposals,
                 id: config.id,
                 config,
                 raft,
@@ -97,6 +119,7 @@ impl Replica {
             }),
         };
         tokio::spawn(run_read_rounds(Arc::downgrade(&replica.inner), waiters));
+        tokio::spawn(run_proposals(Arc::downgrade(&replica.inner), queued));
         replica
     }
 
@@ -189,6 +212,9 @@ impl Replica {
     }
 
     /// Proposes `command` and waits for its applied result (see the module docs).
+    ///
+    /// Concurrent proposals are batched into one Raft entry ([`Command::Batch`]) by the
+    /// proposal loop (see [`run_proposals`]); the caller waits for its own response.
     pub async fn propose(
         &self,
         command: Command,
@@ -197,25 +223,47 @@ impl Replica {
         let name = command.name();
         let request = Request { stamp_ms: self.wall_ms(), idempotency, command };
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.request_timeout(), self.inner.raft.client_write(request)).await;
+        let (reply, rx) = oneshot::channel();
+        let queued = self.inner.proposals.try_send(Proposal { request, reply });
+        let result = match queued {
+            Err(_) => Err(NodeError::Backpressure {
+                queue: "proposals_queued_max",
+                max: PROPOSALS_QUEUED_MAX as u64,
+            }),
+            Ok(()) => match tokio::time::timeout(self.request_timeout(), rx).await {
+                // Queued or proposed: it may still be applied.
+                Err(_) => Err(NodeError::Indeterminate(format!(
+                    "proposal not applied within request_timeout_ms ({})",
+                    self.inner.config.limits.request_timeout_ms
+                ))),
+                Ok(Err(_)) => Err(NodeError::Indeterminate("the node stopped while proposing".into())),
+                Ok(Ok(result)) => result,
+            },
+        };
         self.inner
             .metrics
             .proposal_seconds
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         match result {
+            Ok(_) if self.inner.peers.faults.take_lost_reply() => {
+                Err(NodeError::Indeterminate("reply lost (fault injection)".into()))
+            }
+            Ok(Response::Rejected(r)) => Err(NodeError::Rejected(r)),
+            other => other,
+        }
+    }
+
+    /// Submits one entry to Raft and waits (bounded) for its applied response.
+    async fn submit(&self, request: Request) -> Result<Response, NodeError> {
+        let result =
+            tokio::time::timeout(self.request_timeout(), self.inner.raft.client_write(request)).await;
+        match result {
             Err(_) => Err(NodeError::Indeterminate(format!(
                 "proposal not applied within request_timeout_ms ({})",
                 self.inner.config.limits.request_timeout_ms
             ))),
-            Ok(Ok(_)) if self.inner.peers.faults.take_lost_reply() => {
-                Err(NodeError::Indeterminate("reply lost (fault injection)".into()))
-            }
-            Ok(Ok(reply)) => match reply.data {
-                Response::Rejected(r) => Err(NodeError::Rejected(r)),
-                response => Ok(response),
-            },
+            Ok(Ok(reply)) => Ok(reply.data),
             Ok(Err(e)) => Err(map_write_error(e)),
         }
     }
@@ -366,6 +414,125 @@ async fn run_read_rounds(inner: std::sync::Weak<Inner>, mut waiters: mpsc::Recei
         for w in batch.drain(..) {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+/// The keys a command touches, or `None` for a command that must travel alone (policies,
+/// settings: they change how every key is treated).
+fn touched_keys(command: &Command) -> Option<Vec<&[u8]>> {
+    match command {
+        Command::Put { key, .. }
+        | Command::Delete { key, .. }
+        | Command::LeaseAcquire { key, .. }
+        | Command::LeaseRenew { key, .. }
+        | Command::LeaseRelease { key, .. }
+        | Command::LeaseTransfer { key, .. } => Some(vec![key.as_slice()]),
+        Command::Txn(txn) => {
+            let mut keys: Vec<&[u8]> = txn.compares.iter().map(|c| c.key.as_slice()).collect();
+            for op in txn.success.iter().chain(&txn.failure) {
+                keys.push(match op {
+                    seam_raft_storage::TxnOp::Get { key }
+                    | seam_raft_storage::TxnOp::Put { key, .. }
+                    | seam_raft_storage::TxnOp::Delete { key, .. } => key.as_slice(),
+                });
+            }
+            Some(keys)
+        }
+        _ => None,
+    }
+}
+
+/// Bytes of keys and values a command carries (for the batch byte bound).
+fn payload_bytes(command: &Command) -> usize {
+    match command {
+        Command::Put { key, value, .. } => key.len() + value.len(),
+        Command::Txn(txn) => txn
+            .success
+            .iter()
+            .chain(&txn.failure)
+            .map(|op| match op {
+                seam_raft_storage::TxnOp::Put { key, value, .. } => key.len() + value.len(),
+                seam_raft_storage::TxnOp::Get { key } | seam_raft_storage::TxnOp::Delete { key, .. } => {
+                    key.len()
+                }
+            })
+            .sum(),
+        _ => 64,
+    }
+}
+
+/// Batches proposals into entries until the replica is dropped.
+///
+/// Takes the first waiting proposal, waits for an in-flight slot (meanwhile more queue up),
+/// then adds every queued proposal that touches none of the batch's keys, up to the batch
+/// bounds; a conflicting or exclusive one starts the next batch. A batch of one is proposed
+/// as is. Every waiter gets its own response, or the batch's error.
+async fn run_proposals(inner: std::sync::Weak<Inner>, mut queued: mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(Semaphore::new(PROPOSAL_BATCHES_INFLIGHT_MAX));
+    let mut carry: Option<Proposal> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match queued.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        if let Some(first_keys) = touched_keys(&batch[0].request.command) {
+            let mut keys: std::collections::HashSet<Vec<u8>> =
+                first_keys.into_iter().map(<[u8]>::to_vec).collect();
+            let mut bytes = payload_bytes(&batch[0].request.command);
+            while batch.len() < PROPOSAL_BATCH_MAX {
+                let Ok(next) = queued.try_recv() else { break };
+                let fits = bytes + payload_bytes(&next.request.command) <= PROPOSAL_BATCH_BYTES_MAX;
+                match touched_keys(&next.request.command) {
+                    Some(next_keys) if fits && next_keys.iter().all(|k| !keys.contains(*k)) => {
+                        keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
+                        bytes += payload_bytes(&next.request.command);
+                        batch.push(next);
+                    }
+                    _ => {
+                        carry = Some(next);
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        let replica = Replica { inner: strong };
+        tokio::spawn(async move {
+            let _slot = slot;
+            if batch.len() == 1 {
+                let Some(p) = batch.pop() else { return };
+                let result = replica.submit(p.request).await;
+                let _ = p.reply.send(result);
+                return;
+            }
+            let (requests, replies): (Vec<Request>, Vec<_>) =
+                batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+            let stamp_ms = requests.iter().map(|r| r.stamp_ms).max().unwrap_or(0);
+            let entry = Request { stamp_ms, idempotency: None, command: Command::Batch(requests) };
+            match replica.submit(entry).await {
+                Ok(Response::Batch(responses)) if responses.len() == replies.len() => {
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Ok(other) => {
+                    let e = NodeError::Internal(format!("a batch of {} answered {other:?}", replies.len()));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

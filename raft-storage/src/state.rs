@@ -438,6 +438,19 @@ impl State {
     }
 
     fn apply_request(&mut self, revision: u64, request: &Request) -> Response {
+        if let Command::Batch(requests) = &request.command {
+            return Response::Batch(
+                requests
+                    .iter()
+                    .map(|r| match r.command {
+                        Command::Batch(_) => {
+                            Response::Rejected(Rejection::InvalidArgument("batches do not nest".into()))
+                        }
+                        _ => self.apply_request(revision, r),
+                    })
+                    .collect(),
+            );
+        }
         self.now_ms = self.now_ms.max(request.stamp_ms);
         self.reclaim();
         #[cfg(feature = "negative-controls")]
@@ -557,6 +570,8 @@ impl State {
                 self.policy_promote(revision, prefix, policy, values)
             }
             Command::Configure(settings) => self.configure(revision, settings),
+            // Batches are unpacked in `apply_request`; one reaching here was nested.
+            Command::Batch(_) => Err(Rejection::InvalidArgument("batches do not nest".into())),
             Command::PolicyFreeze { prefix } => self.policy_freeze(revision, prefix),
             Command::PolicyUnfreeze { prefix, frozen_revision } => {
                 self.policy_unfreeze(revision, prefix, *frozen_revision)

@@ -544,3 +544,33 @@ fn freezing_a_subprefix_creates_a_field_that_unfreezing_removes() {
         Rejection::InvalidArgument(_)
     ));
 }
+
+#[test]
+fn a_batch_applies_each_request_with_its_own_key_and_dedup() {
+    let mut d = Driver::new();
+    let sub = |c: &str, r: u64, cmd: Command| Request {
+        stamp_ms: 1_000_000,
+        idempotency: Some(IdempotencyKey { client_id: c.into(), request_id: r }),
+        command: cmd,
+    };
+    let batch = Command::Batch(vec![
+        sub("a", 1, put("x", "1")),
+        sub("b", 1, put("y", "2")),
+        sub("c", 1, put("", "bad")),
+    ]);
+    let Response::Batch(responses) = d.apply(batch) else { panic!("a batch answers a batch") };
+    assert_eq!(responses.len(), 3);
+    assert_eq!(responses[0], Response::Put { revision: 1, prev: None });
+    assert_eq!(responses[1], Response::Put { revision: 1, prev: None });
+    assert!(
+        matches!(responses[2], Response::Rejected(Rejection::InvalidArgument(_))),
+        "each request stands alone"
+    );
+    // A retry of a batched request, alone or in another batch, gets its original result.
+    assert_eq!(d.apply_idem("a", 1, put("x", "other")), responses[0]);
+    assert_eq!(d.state.get(b"x").map(|kv| kv.version), Some(1));
+    // Batches do not nest.
+    let nested = Command::Batch(vec![sub("d", 1, Command::Batch(vec![]))]);
+    let Response::Batch(responses) = d.apply(nested) else { panic!("a batch answers a batch") };
+    assert!(matches!(responses[0], Response::Rejected(Rejection::InvalidArgument(_))));
+}

@@ -136,6 +136,12 @@ pub enum Command {
         values: Vec<(Bytes, Option<Bytes>)>,
         frozen_revision: u64,
     },
+    /// Several client requests proposed as one entry, applied in order, each with its own
+    /// stamp and idempotency key; the response is a [`Response::Batch`] in the same order.
+    /// Nodes batch concurrent proposals this way so that Raft's per-entry cost is paid once
+    /// per batch. A batch never holds two requests touching the same key (so every write
+    /// still gets a `mod_revision` of its own), and never a nested batch.
+    Batch(Vec<Request>),
 }
 
 impl Command {
@@ -154,6 +160,7 @@ impl Command {
             Command::PolicyRemove { .. } => "policy_remove",
             Command::PolicyPromote { .. } => "policy_promote",
             Command::Configure(_) => "configure",
+            Command::Batch(_) => "batch",
             Command::PolicyFreeze { .. } => "policy_freeze",
             Command::PolicyUnfreeze { .. } => "policy_unfreeze",
             Command::PolicyPromoteFrozen { .. } => "policy_promote_frozen",
@@ -383,12 +390,15 @@ pub enum Response {
         change: PolicyChange,
     },
     Rejected(Rejection),
+    /// The responses of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
 }
 
 impl Response {
     /// The Raft index that produced this response, when it was applied (not rejected).
     pub fn revision(&self) -> Option<u64> {
         match self {
+            Response::Batch(responses) => responses.iter().find_map(Response::revision),
             Response::Done { revision }
             | Response::Put { revision, .. }
             | Response::Delete { revision, .. }
