@@ -44,6 +44,8 @@ async fn refresh_gauges(replica: &Replica) {
     if let Ok(committed) = replica.raft().with_raft_state(|s| s.committed).await {
         m.raft_commit_index.set(committed.map_or(0, |l| l.index) as i64);
     }
+    let expiries = replica.state().read().lease_expiries().clone();
+    m.observe_expiries(&expiries);
 }
 
 async fn metrics(State((replica, relaxed)): State<(Replica, RelaxedTier)>) -> impl IntoResponse {

@@ -33,6 +33,9 @@ pub struct Metrics {
     /// Lease events by kind (grant, renew, release, transfer, expire, fencing_rejected) and
     /// region.
     pub lease_events: IntCounterVec,
+    /// The state machine's expiry counts already added to `lease_events` (expiries happen
+    /// inside apply, so they are read from the state at scrape time).
+    expiries_seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>,
     pub relaxed: RelaxedMetrics,
 }
 
@@ -204,8 +207,20 @@ impl Metrics {
             proposal_seconds,
             requests,
             lease_events,
+            expiries_seen: Default::default(),
             relaxed: RelaxedMetrics::new(&registry),
             registry,
+        }
+    }
+
+    /// Adds the lease expiries the state machine counted since the last call.
+    pub fn observe_expiries(&self, counts: &std::collections::BTreeMap<String, u64>) {
+        let mut seen = self.expiries_seen.lock().unwrap_or_else(|p| p.into_inner());
+        for (region, &n) in counts {
+            let before = seen.insert(region.clone(), n).unwrap_or(0);
+            if n > before {
+                self.lease_events.with_label_values(&["expire", region]).inc_by(n - before);
+            }
         }
     }
 

@@ -214,7 +214,7 @@ impl Replica {
     /// Proposes `command` and waits for its applied result (see the module docs).
     ///
     /// Concurrent proposals are batched into one Raft entry ([`Command::Batch`]) by the
-    /// proposal loop (see [`run_proposals`]); the caller waits for its own response.
+    /// proposal loop; the caller waits for its own response.
     pub async fn propose(
         &self,
         command: Command,

@@ -9,7 +9,7 @@
 //! - The records an apply call changed, including the applied log id, go to sled in one
 //!   atomic `sled::Batch`: sled never holds a result without its applied index or the other
 //!   way round.
-//! - sled is not synced on apply, nor written inline: a persister thread ([`crate::persist`])
+//! - sled is not synced on apply, nor written inline: a persister thread (module `persist`)
 //!   writes the change lists of whole apply calls in order, merged under load. The log is
 //!   the durable source: on restart openraft re-applies the committed entries after sled's
 //!   applied log id, and applying is deterministic, so what sled lost is recomputed exactly.

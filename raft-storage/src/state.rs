@@ -51,6 +51,8 @@ pub const CLIENT_ID_BYTES_MAX: usize = 256;
 pub const LEASE_TTL_MS_MIN: u64 = 100;
 /// Longest lease ttl granted (one day).
 pub const LEASE_TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+/// Regions the lease-expiry counters track by name; more are counted under `other`.
+pub const EXPIRY_REGIONS_MAX: usize = 64;
 /// Policy changes remembered by `policy history`; older ones are forgotten.
 pub const POLICY_HISTORY_MAX: usize = 256;
 /// Expired leases and dedup sessions reclaimed per applied entry. Reclamation is spread
@@ -141,6 +143,9 @@ pub struct State {
     session_lru: BTreeSet<(u64, String)>,
     /// Changes not yet taken by the persistence layer.
     changes: Vec<Change>,
+    /// Leases reclaimed on expiry since this process loaded the state, by region: an
+    /// observation for metrics, not replicated state (never persisted).
+    lease_expiries: BTreeMap<String, u64>,
     /// Whether the per-entry meta records (applied, membership, clock) changed since the
     /// last `take_changes`.
     meta_dirty: bool,
@@ -407,6 +412,22 @@ impl State {
             .collect()
     }
 
+    /// Leases reclaimed on expiry since this state was loaded, by region (regions past
+    /// [`EXPIRY_REGIONS_MAX`] are counted under `other`).
+    pub fn lease_expiries(&self) -> &BTreeMap<String, u64> {
+        &self.lease_expiries
+    }
+
+    fn count_expiry(&mut self, region: &str) {
+        let region =
+            if self.lease_expiries.contains_key(region) || self.lease_expiries.len() < EXPIRY_REGIONS_MAX {
+                region
+            } else {
+                "other"
+            };
+        *self.lease_expiries.entry(region.to_string()).or_default() += 1;
+    }
+
     /// The result remembered for a request, if any (a retry will be answered with it).
     pub fn remembered(&self, key: &IdempotencyKey) -> Option<&Response> {
         self.sessions.get(&key.client_id)?.results.get(&key.request_id)
@@ -492,7 +513,9 @@ impl State {
                 break;
             }
             self.lease_expiry.remove(&(expires_ms, key.clone()));
-            self.leases.remove(&key);
+            if let Some(lease) = self.leases.remove(&key) {
+                self.count_expiry(&lease.region);
+            }
             self.changes.push((record::key(record::LEASE, &key), None));
         }
         let window = self.settings.dedup_window_ms;
@@ -869,9 +892,11 @@ impl State {
     fn lease_release(&mut self, revision: u64, key: &[u8], token: u64) -> Result<Response, Rejection> {
         Self::check_key(key)?;
         let lease = self.live_lease(key, token)?;
-        // Keep the record, expired now, so writes with its token stay fenced until it is
-        // reclaimed (after which the key's stored token fences them).
-        self.set_lease(Lease { expires_ms: self.now_ms, ..lease });
+        // Drop the record: a write with the released token then finds no live lease and is
+        // refused (`LeaseExpired`, or `FencingRejected` once a newer token wrote the key).
+        self.lease_expiry.remove(&(lease.expires_ms, lease.key.clone()));
+        self.leases.remove(key);
+        self.changes.push((record::key(record::LEASE, key), None));
         Ok(Response::LeaseReleased { revision })
     }
 

@@ -284,7 +284,7 @@ pub enum PolicyCommand {
         /// sacred or relaxed.
         #[arg(long, value_enum)]
         tier: TierArg,
-        /// Relaxed: hot (5 s), warm (60 s), cold (1 h), or <N>ms / <N>s / <N>m / <N>h.
+        /// Relaxed: hot (5 s), warm (60 s), cold (1 h), or a duration like 250ms, 30s, 5m, 2h.
         #[arg(long, value_parser = staleness_arg)]
         staleness: Option<u64>,
         /// Relaxed: default time to live of values, ms.
