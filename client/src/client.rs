@@ -3,14 +3,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use seam_proto::v1 as pb;
 use seam_proto::v1::cluster_client::ClusterClient;
 use seam_proto::v1::policy_client::PolicyClient;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::backoff;
@@ -36,6 +37,11 @@ pub const POLICIES_MAX: usize = 10_000;
 /// Shortest gap between two refreshes triggered by surprises (an unexpected tier, an
 /// unknown leader): bounds refresh traffic when the cluster is in flux.
 pub const REFRESH_GAP_MS_MIN: u64 = 100;
+
+/// After a failed load of the member list and policy table, operations do not try loading
+/// again for this long (they route by what the client knows, and the background refresh
+/// keeps trying every `policy_refresh_ms`).
+pub const LOAD_RETRY_GAP_MS: u64 = 1_000;
 
 /// A handle on a Seam cluster. Cheap to clone (an `Arc`); clones share connections, the
 /// cluster view, the policy cache, the session cache and the offline queue.
@@ -69,6 +75,11 @@ pub(crate) struct Inner {
     pub(crate) offline: Mutex<OfflineQueue>,
     pub(crate) offline_wake: Arc<Notify>,
     refresh_wake: Arc<Notify>,
+    /// Serializes refreshes (the background one and a first operation's), and remembers
+    /// when a refresh last failed, so operations do not each retry a load that just failed.
+    refresh_lock: tokio::sync::Mutex<Option<Instant>>,
+    /// The policy table has been loaded from the cluster at least once.
+    loaded: AtomicBool,
 }
 
 impl Drop for Inner {
@@ -82,9 +93,31 @@ impl Drop for Inner {
 #[derive(Default)]
 struct View {
     members: BTreeMap<u64, Member>,
+    /// Regions as the nodes themselves report them (response headers, their own
+    /// `Cluster.Status`). The membership's region is empty for a member bootstrapped
+    /// without `@REGION`, and may be stale; a node's own report wins. Kept only for members.
+    reported_regions: BTreeMap<u64, String>,
     leader_id: u64,
     leader_addr: Option<String>,
     term: u64,
+}
+
+impl View {
+    /// Notes that node `id` says it is in `region`.
+    fn report_region(&mut self, id: u64, region: &str) {
+        if id == 0 || region.is_empty() {
+            return;
+        }
+        if let Some(member) = self.members.get_mut(&id) {
+            if member.region != region {
+                member.region = region.to_string();
+            }
+        }
+        let known = self.reported_regions.get(&id).is_some_and(|r| r == region);
+        if !known && (self.reported_regions.contains_key(&id) || self.reported_regions.len() < MEMBERS_MAX) {
+            self.reported_regions.insert(id, region.to_string());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -182,6 +215,8 @@ impl Client {
             policies: Mutex::new(PolicyTable::default()),
             offline_wake: Arc::new(Notify::new()),
             refresh_wake: Arc::new(Notify::new()),
+            refresh_lock: tokio::sync::Mutex::new(None),
+            loaded: AtomicBool::new(false),
         });
         spawn_refresher(Arc::downgrade(&inner), inner.refresh_wake.clone());
         offline::spawn_drainer(Arc::downgrade(&inner), inner.offline_wake.clone());
@@ -378,6 +413,7 @@ impl Inner {
                 Member { id: h.node_id, addr: addr.to_string(), region: h.region.clone(), voter: false };
             view.members.insert(h.node_id, member);
         }
+        view.report_region(h.node_id, &h.region);
         if h.term < view.term {
             return;
         }
@@ -494,11 +530,20 @@ impl Inner {
         }
     }
 
-    /// Loads members, leader and policies from any node. Fails only when no node answers
-    /// `Cluster.Status`; a node without the policy service (or a failed policy list) leaves
-    /// the cached table as it was, which costs at most a hop per request.
+    /// Loads members, leader and policies from any node, then asks the members whose region
+    /// is unknown for their own. Fails only when no node answers `Cluster.Status`; a node
+    /// without the policy service (or a failed policy list) leaves the cached table as it
+    /// was, which costs at most a hop per request. One refresh runs at a time.
     pub(crate) async fn refresh(&self) -> Result<(), Error> {
+        let mut last_failure = self.refresh_lock.lock().await;
+        let result = self.refresh_locked().await;
+        *last_failure = result.is_err().then(Instant::now);
+        result
+    }
+
+    async fn refresh_locked(&self) -> Result<(), Error> {
         self.refresh_members().await?;
+        self.learn_regions().await;
         let id = self.next_request_id();
         let call = Call {
             route: Route::Local,
@@ -508,12 +553,76 @@ impl Inner {
         };
         let req = pb::ListPoliciesRequest { header: Some(self.header(id, None)) };
         match self.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await {
-            Ok(list) => self.set_policies(list.policies.into_iter().map(Policy::from_proto).collect()),
+            Ok(list) => {
+                self.set_policies(list.policies.into_iter().map(Policy::from_proto).collect());
+                self.loaded.store(true, Ordering::Release);
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "seam client: policy list failed; keeping the cached table")
             }
         }
         Ok(())
+    }
+
+    /// Before the first operation is routed: loads the members (with their regions) and
+    /// the policy table unless that was done already, so a fresh client sends its first
+    /// relaxed operation to its own region instead of guessing "sacred" and asking
+    /// whichever node it reaches first. Waits for a refresh already running. A failed load
+    /// is not tried again by operations for [`LOAD_RETRY_GAP_MS`]; the operation then
+    /// routes by what the client knows (unmatched keys are sacred).
+    pub(crate) async fn ensure_loaded(&self) {
+        if self.loaded.load(Ordering::Acquire) {
+            return;
+        }
+        let mut last_failure = self.refresh_lock.lock().await;
+        if self.loaded.load(Ordering::Acquire) {
+            return;
+        }
+        if last_failure.is_some_and(|t| t.elapsed() < Duration::from_millis(LOAD_RETRY_GAP_MS)) {
+            return;
+        }
+        let result = self.refresh_locked().await;
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "seam client: first load failed; routing by what is known");
+        }
+        *last_failure = result.is_err().then(Instant::now);
+    }
+
+    /// Asks every member whose region is unknown (the membership has none for members
+    /// bootstrapped without `@REGION`, and no node has answered for itself yet) for its own
+    /// `Cluster.Status`, concurrently, one attempt each. Only when the client has a region:
+    /// otherwise regions do not matter for routing.
+    async fn learn_regions(&self) {
+        if self.config.region.is_empty() {
+            return;
+        }
+        let unknown: Vec<String> = lock(&self.view)
+            .members
+            .values()
+            .filter(|m| m.region.is_empty())
+            .map(|m| m.addr.clone())
+            .take(MEMBERS_MAX)
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let mut probes = JoinSet::new();
+        for addr in unknown {
+            let Ok(channel) = self.channel(&addr) else { continue };
+            let timeout = Duration::from_millis(self.config.request_timeout_ms);
+            probes.spawn(async move {
+                let mut cluster = ClusterClient::new(channel);
+                match tokio::time::timeout(timeout, cluster.status(pb::StatusRequest {})).await {
+                    Ok(Ok(status)) => Some(status.into_inner()),
+                    _ => None,
+                }
+            });
+        }
+        while let Some(joined) = probes.join_next().await {
+            if let Ok(Some(status)) = joined {
+                lock(&self.view).report_region(status.node_id, &status.region);
+            }
+        }
     }
 
     /// Loads members and the leader from any node.
@@ -537,7 +646,15 @@ impl Inner {
         if !status.members.is_empty() {
             view.members =
                 status.members.iter().take(MEMBERS_MAX).map(|m| (m.id, Member::from(m.clone()))).collect();
+            let View { members, reported_regions, .. } = &mut *view;
+            reported_regions.retain(|id, _| members.contains_key(id));
+            for (id, region) in reported_regions.iter() {
+                if let Some(member) = members.get_mut(id) {
+                    member.region.clone_from(region);
+                }
+            }
         }
+        view.report_region(status.node_id, &status.region);
         if status.term >= view.term {
             view.term = status.term;
             if status.leader_id != 0 {

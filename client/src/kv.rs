@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use seam_proto::v1 as pb;
 use seam_proto::v1::kv_client::KvClient;
 
-use crate::client::{lock, Call, Client, Route};
+use crate::client::{lock, Call, Client, Inner, Route};
 use crate::error::{Effect, Error};
 use crate::offline::{Queued, QueuedOp};
-use crate::session::Verdict;
+use crate::session::{Verdict, RESTAMPS_MAX, RESTAMP_WAIT_MS_MAX};
 use crate::types::{Hlc, KeyValue, Meta, Tier};
 
 /// Options of [`Client::get_with`].
@@ -332,6 +332,7 @@ impl Client {
     pub async fn get_with(&self, key: impl AsRef<[u8]>, options: GetOptions) -> Result<GetResult, Error> {
         let key = key.as_ref().to_vec();
         let inner = &self.inner;
+        inner.ensure_loaded().await;
         let predicted = inner.predict(&key);
         let route = if predicted == Tier::Relaxed || options.max_staleness.is_some() {
             Route::Local
@@ -490,6 +491,7 @@ impl Client {
 
     async fn write(&self, op: QueuedOp, require: Option<Tier>) -> Result<Written, Error> {
         let inner = &self.inner;
+        inner.ensure_loaded().await;
         let key = op.key().to_vec();
         let predicted = inner.predict(&key);
         let relaxed = predicted == Tier::Relaxed && require != Some(Tier::Sacred);
@@ -497,58 +499,38 @@ impl Client {
         let sent_at = Instant::now();
         if relaxed && lock(&inner.offline).len() > 0 {
             // Keep order: nothing overtakes writes already waiting.
-            return self.enqueue(id, op, sent_at);
+            return self.enqueue(id, op, require, sent_at);
         }
-        let header = Some(inner.header(id, require));
         let route = if relaxed { Route::Local } else { Route::Leader };
-        let call =
-            Call { route, effect: Effect::Write, request_id: id, retries_max: inner.config.retries_max };
-        let result = match &op {
-            QueuedOp::Put { key, value, token, ttl_ms } => {
-                let req = pb::PutRequest {
-                    header,
-                    key: key.clone(),
-                    value: value.clone(),
-                    token: *token,
-                    ttl_ms: *ttl_ms,
-                };
-                inner
-                    .invoke(call, req, |ch, r| async move { KvClient::new(ch).put(r).await })
-                    .await
-                    .map(|r| (r.header, r.revision, r.hlc, None))
-            }
-            QueuedOp::Delete { key, token } => {
-                let req = pb::DeleteRequest { header, key: key.clone(), token: *token };
-                inner
-                    .invoke(call, req, |ch, r| async move { KvClient::new(ch).delete(r).await })
-                    .await
-                    .map(|r| (r.header, r.revision, r.hlc, Some(r.deleted)))
-            }
-        };
-        match result {
-            Ok((header, revision, hlc, deleted)) => {
-                let meta = Meta::from_proto(header.as_ref());
+        match inner.send_write(&op, id, require, route).await {
+            Ok(sent) => {
+                let meta = Meta::from_proto(sent.header.as_ref());
                 inner.note_tier(predicted, meta.tier);
-                let hlc = Hlc::from_proto(hlc);
                 if meta.tier == Some(Tier::Relaxed) {
                     let expires_at = self.expiry(&op, sent_at);
-                    lock(&inner.session).record(&key, own_value(&op), hlc, id, expires_at);
+                    lock(&inner.session).record(&key, own_value(&op), sent.hlc, id, expires_at);
                 }
-                let existed = if meta.tier == Some(Tier::Relaxed) { None } else { deleted };
-                Ok(Written::Applied(WriteInfo { revision, hlc, existed, meta }))
+                let existed = if meta.tier == Some(Tier::Relaxed) { None } else { sent.deleted };
+                Ok(Written::Applied(WriteInfo { revision: sent.revision, hlc: sent.hlc, existed, meta }))
             }
             // Never sent anywhere: safe to hold back and send later in order.
-            Err(e) if relaxed && e.is_unsent() => self.enqueue(id, op, sent_at),
+            Err(e) if relaxed && e.is_unsent() => self.enqueue(id, op, require, sent_at),
             Err(e) => Err(e),
         }
     }
 
-    fn enqueue(&self, request_id: u64, op: QueuedOp, sent_at: Instant) -> Result<Written, Error> {
+    fn enqueue(
+        &self,
+        request_id: u64,
+        op: QueuedOp,
+        require: Option<Tier>,
+        sent_at: Instant,
+    ) -> Result<Written, Error> {
         let inner = &self.inner;
         let key = op.key().to_vec();
         let value = own_value(&op);
         let expires_at = self.expiry(&op, sent_at);
-        let depth = lock(&inner.offline).push(Queued { request_id, op })?;
+        let depth = lock(&inner.offline).push(Queued { request_id, op, require })?;
         lock(&inner.session).record(&key, value, None, request_id, expires_at);
         inner.offline_wake.notify_one();
         Ok(Written::Queued { depth })
@@ -641,6 +623,99 @@ impl Client {
             _ => None,
         };
         Ok(CasResult { succeeded: result.succeeded, current, revision: result.revision })
+    }
+}
+
+/// A node's answer to a put or a delete.
+pub(crate) struct Sent {
+    pub(crate) header: Option<pb::ResponseHeader>,
+    /// Sacred: the Raft index of the write.
+    pub(crate) revision: u64,
+    /// Relaxed: the write's timestamp.
+    pub(crate) hlc: Option<Hlc>,
+    /// Sacred delete: whether the key existed.
+    pub(crate) deleted: Option<bool>,
+}
+
+impl Inner {
+    /// Sends one put or delete (bounded retries with the same request id).
+    async fn send_write_once(
+        &self,
+        op: &QueuedOp,
+        request_id: u64,
+        require: Option<Tier>,
+        route: Route,
+    ) -> Result<Sent, Error> {
+        let header = Some(self.header(request_id, require));
+        let call = Call { route, effect: Effect::Write, request_id, retries_max: self.config.retries_max };
+        match op {
+            QueuedOp::Put { key, value, token, ttl_ms } => {
+                let req = pb::PutRequest {
+                    header,
+                    key: key.clone(),
+                    value: value.clone(),
+                    token: *token,
+                    ttl_ms: *ttl_ms,
+                };
+                let r = self.invoke(call, req, |ch, r| async move { KvClient::new(ch).put(r).await }).await?;
+                Ok(Sent {
+                    header: r.header,
+                    revision: r.revision,
+                    hlc: Hlc::from_proto(r.hlc),
+                    deleted: None,
+                })
+            }
+            QueuedOp::Delete { key, token } => {
+                let req = pb::DeleteRequest { header, key: key.clone(), token: *token };
+                let r =
+                    self.invoke(call, req, |ch, r| async move { KvClient::new(ch).delete(r).await }).await?;
+                Ok(Sent {
+                    header: r.header,
+                    revision: r.revision,
+                    hlc: Hlc::from_proto(r.hlc),
+                    deleted: Some(r.deleted),
+                })
+            }
+        }
+    }
+
+    /// Sends a put or delete. A relaxed answer whose timestamp does not order the write
+    /// after this client's earlier writes of the key (see the session module) is sent again
+    /// as a new request after waiting out the gap, at most [`RESTAMPS_MAX`] times; past that
+    /// the write fails with [`Error::Conflict`].
+    pub(crate) async fn send_write(
+        &self,
+        op: &QueuedOp,
+        request_id: u64,
+        require: Option<Tier>,
+        route: Route,
+    ) -> Result<Sent, Error> {
+        let mut request_id = request_id;
+        let mut restamps = 0;
+        loop {
+            let floor = lock(&self.session).floor(op.key());
+            let sent = self.send_write_once(op, request_id, require, route.clone()).await?;
+            let relaxed = Meta::from_proto(sent.header.as_ref()).tier == Some(Tier::Relaxed);
+            let (Some(floor), Some(hlc), true) = (floor, sent.hlc, relaxed) else { return Ok(sent) };
+            if hlc > floor {
+                return Ok(sent);
+            }
+            if restamps >= RESTAMPS_MAX {
+                return Err(Error::Conflict {
+                    message: format!(
+                        "the write of {:?} was stamped {hlc}, not after this client's earlier write of the \
+                         key ({floor}): the nodes' clocks differ by more than {RESTAMP_WAIT_MS_MAX} ms; \
+                         the earlier write wins",
+                        String::from_utf8_lossy(op.key())
+                    ),
+                });
+            }
+            let gap_ms = floor.physical_ms.saturating_sub(hlc.physical_ms).saturating_add(1);
+            tracing::debug!(%hlc, %floor, gap_ms, "seam client: relaxed write stamped before our own earlier one; sending it again");
+            tokio::time::sleep(Duration::from_millis(gap_ms.min(RESTAMP_WAIT_MS_MAX))).await;
+            restamps += 1;
+            request_id = self.next_request_id();
+        }
     }
 }
 

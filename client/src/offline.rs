@@ -17,14 +17,12 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
-use seam_proto::v1 as pb;
-use seam_proto::v1::kv_client::KvClient;
 use tokio::sync::Notify;
 
 use crate::backoff::backoff;
-use crate::client::{lock, Call, Inner, Route};
-use crate::error::{Effect, Error};
-use crate::types::Hlc;
+use crate::client::{lock, Inner, Route};
+use crate::error::Error;
+use crate::types::{Hlc, Tier};
 
 /// Bytes counted per queued write on top of its key and value (ids, options, bookkeeping).
 pub const QUEUED_ENTRY_OVERHEAD_BYTES: usize = 64;
@@ -70,6 +68,8 @@ impl QueuedOp {
 pub(crate) struct Queued {
     pub(crate) request_id: u64,
     pub(crate) op: QueuedOp,
+    /// The tier the caller pinned, if any.
+    pub(crate) require: Option<Tier>,
 }
 
 pub(crate) struct OfflineQueue {
@@ -135,39 +135,11 @@ impl OfflineQueue {
 }
 
 impl Inner {
-    /// Sends one queued write (bounded retries, same request id). Returns its HLC.
+    /// Sends one queued write (bounded retries, same request id; ordered after the
+    /// client's earlier writes of the key). Returns its HLC.
     async fn send_queued(&self, item: &Queued) -> Result<Option<Hlc>, Error> {
-        let header = Some(self.header(item.request_id, None));
-        let call = |request_id| Call {
-            route: Route::Local,
-            effect: Effect::Write,
-            request_id,
-            retries_max: self.config.retries_max,
-        };
-        match &item.op {
-            QueuedOp::Put { key, value, token, ttl_ms } => {
-                let req = pb::PutRequest {
-                    header,
-                    key: key.clone(),
-                    value: value.clone(),
-                    token: *token,
-                    ttl_ms: *ttl_ms,
-                };
-                let resp = self
-                    .invoke(call(item.request_id), req, |ch, r| async move { KvClient::new(ch).put(r).await })
-                    .await?;
-                Ok(Hlc::from_proto(resp.hlc))
-            }
-            QueuedOp::Delete { key, token } => {
-                let req = pb::DeleteRequest { header, key: key.clone(), token: *token };
-                let resp =
-                    self.invoke(call(item.request_id), req, |ch, r| async move {
-                        KvClient::new(ch).delete(r).await
-                    })
-                    .await?;
-                Ok(Hlc::from_proto(resp.hlc))
-            }
-        }
+        let sent = self.send_write(&item.op, item.request_id, item.require, Route::Local).await?;
+        Ok(sent.hlc)
     }
 }
 
@@ -237,6 +209,7 @@ mod tests {
         Queued {
             request_id: id,
             op: QueuedOp::Put { key: b"k".to_vec(), value: vec![0; len], token: None, ttl_ms: None },
+            require: None,
         }
     }
 

@@ -6,6 +6,17 @@
 //! one) is answered from this cache instead, so the client never sees its own write undone,
 //! even when the read lands on a node the write has not reached yet.
 //!
+//! It also keeps the client's own writes of one key in the order it made them (monotonic
+//! writes). Each node stamps a write above everything *it* has seen of the key, but two
+//! consecutive writes may land on two nodes (several nodes in the client's region, or a
+//! failover) before the first has replicated: within one millisecond, or with the second
+//! node's clock behind, the later write can get the smaller timestamp and lose last-writer-
+//! wins to the client's own earlier write everywhere. So the cache keeps, per key, the
+//! highest timestamp of the client's applied writes (the *floor*); a relaxed write answered
+//! with a timestamp at or below it is sent again (a new request: relaxed writes are not
+//! deduplicated, and a later copy of the same value is harmless) after waiting out the
+//! difference, at most [`RESTAMPS_MAX`] times, each wait capped at [`RESTAMP_WAIT_MS_MAX`].
+//!
 //! Bound: at most `session_keys_max` keys; at the limit the least recently written key is
 //! forgotten and its reads fall back to the field's staleness budget. An entry also ends
 //! with the write's TTL (measured on the client's monotonic clock from before the write was
@@ -16,6 +27,16 @@ use std::time::Instant;
 
 use crate::types::Hlc;
 
+/// Times a relaxed write is sent again because its timestamp did not order it after the
+/// client's own earlier write of the key. Past it the write fails with
+/// [`Error::Conflict`](crate::Error::Conflict) (the nodes' clocks differ by more than the
+/// waits cover).
+pub const RESTAMPS_MAX: u32 = 3;
+
+/// Longest wait before one such re-send, ms (the gap between the two timestamps' physical
+/// parts, plus 1 ms, is waited, up to this).
+pub const RESTAMP_WAIT_MS_MAX: u64 = 1_000;
+
 #[derive(Debug, Clone)]
 pub(crate) struct SessionEntry {
     /// `None`: the client deleted the key.
@@ -24,6 +45,9 @@ pub(crate) struct SessionEntry {
     pub(crate) hlc: Option<Hlc>,
     pub(crate) request_id: u64,
     pub(crate) expires_at: Option<Instant>,
+    /// The highest timestamp of any of the client's applied writes of this key: a new write
+    /// must be stamped above it to win over them.
+    floor: Option<Hlc>,
     seq: u64,
 }
 
@@ -64,15 +88,18 @@ impl SessionCache {
         expires_at: Option<Instant>,
     ) {
         self.seq += 1;
+        let mut floor = hlc;
         if let Some(old) = self.entries.remove(key) {
             self.order.remove(&old.seq);
+            floor = floor.max(old.floor);
         }
         while self.entries.len() >= self.keys_max {
             let Some((_, oldest)) = self.order.pop_first() else { break };
             self.entries.remove(&oldest);
         }
         self.order.insert(self.seq, key.to_vec());
-        self.entries.insert(key.to_vec(), SessionEntry { value, hlc, request_id, expires_at, seq: self.seq });
+        self.entries
+            .insert(key.to_vec(), SessionEntry { value, hlc, request_id, expires_at, floor, seq: self.seq });
         debug_assert_eq!(self.entries.len(), self.order.len(), "session index out of step");
     }
 
@@ -82,7 +109,13 @@ impl SessionCache {
             if entry.request_id == request_id {
                 entry.hlc = hlc;
             }
+            entry.floor = entry.floor.max(hlc);
         }
+    }
+
+    /// The highest timestamp of the client's applied writes of `key` (`None`: none known).
+    pub(crate) fn floor(&self, key: &[u8]) -> Option<Hlc> {
+        self.entries.get(key).and_then(|e| e.floor)
     }
 
     /// Forgets `key` (its queued write was refused, or a sacred read superseded it).
@@ -146,5 +179,18 @@ mod tests {
         assert!(matches!(cache.judge(b"a", None, now), Verdict::Own(..)));
         cache.record(b"t", Some(vec![5]), hlc(1), 5, Some(now));
         assert_eq!(cache.judge(b"t", None, now), Verdict::Server, "expired entries are never returned");
+    }
+
+    #[test]
+    fn the_floor_is_the_highest_applied_own_timestamp() {
+        let mut cache = SessionCache::new(4);
+        assert_eq!(cache.floor(b"k"), None);
+        cache.record(b"k", Some(vec![1]), hlc(100), 1, None);
+        cache.record(b"k", Some(vec![2]), None, 2, None);
+        assert_eq!(cache.floor(b"k"), hlc(100), "a queued write keeps the applied floor");
+        cache.applied(b"k", 2, hlc(150));
+        assert_eq!(cache.floor(b"k"), hlc(150));
+        cache.record(b"k", Some(vec![3]), hlc(120), 3, None);
+        assert_eq!(cache.floor(b"k"), hlc(150), "never lowered");
     }
 }

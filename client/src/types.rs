@@ -63,6 +63,12 @@ pub struct Hlc {
     pub node: u64,
 }
 
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}@{}", self.physical_ms, self.logical, self.node)
+    }
+}
+
 impl Hlc {
     pub(crate) fn from_proto(hlc: Option<pb::Hlc>) -> Option<Hlc> {
         hlc.map(|h| Hlc { physical_ms: h.physical_ms, logical: h.logical, node: h.node })

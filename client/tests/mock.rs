@@ -829,3 +829,31 @@ async fn a_surprising_tier_refreshes_the_policy_cache() {
     );
     assert!(node.log().policy_lists > lists);
 }
+
+#[tokio::test]
+async fn a_fresh_client_learns_regions_the_membership_lacks_before_its_first_relaxed_write() {
+    // Members bootstrapped without `@REGION`: the membership names no regions; each node
+    // knows only its own. The client's first operation comes at once (as the CLI's does).
+    let (eu, _re) = start(1, "eu").await;
+    let (us, _ru) = start(2, "us").await;
+    let members = vec![
+        pb::Member { id: 1, addr: eu.addr.clone(), region: String::new(), voter: true },
+        pb::Member { id: 2, addr: us.addr.clone(), region: String::new(), voter: true },
+    ];
+    for n in [&eu, &us] {
+        let mut script = n.script();
+        script.members = members.clone();
+        script.leader = (1, eu.addr.clone());
+        script.policies = vec![relaxed("cart/")];
+    }
+    let mut cfg = config(&[&eu.addr]);
+    cfg.region = "us".into();
+    let client = Client::new(cfg).expect("client");
+
+    let written = client.put("cart/alice", "1").await.expect("relaxed put");
+    assert_eq!(written.info().map(|i| i.meta.region.as_str()), Some("us"));
+    assert_eq!(us.log().applied.len(), 1, "served in the client's region");
+    assert!(eu.log().applied.is_empty(), "not by the seed in another region");
+    let regions: Vec<(u64, String)> = client.members().into_iter().map(|m| (m.id, m.region)).collect();
+    assert_eq!(regions, vec![(1, "eu".to_string()), (2, "us".to_string())], "learned from each node");
+}
