@@ -59,6 +59,11 @@ pub const READ_INDEX_WAITERS_MAX: usize = 65_536;
 
 type ReadWaiter = oneshot::Sender<Result<(u64, Instant), NodeError>>;
 
+/// ReadIndex rounds in flight at once. A reader never joins a round already under way (it
+/// could predate the read), so with one slot a reader arriving mid-round waits for that
+/// round and its own; more slots let its round start at once.
+pub const READ_ROUNDS_INFLIGHT_MAX: usize = 2;
+
 /// Proposals waiting to be batched at most; past it a write is refused with `Backpressure`
 /// (definitely not applied).
 pub const PROPOSALS_QUEUED_MAX: usize = 65_536;
@@ -160,9 +165,11 @@ impl Replica {
         })
     }
 
-    /// This node's wall clock in ms since the UNIX epoch: the stamp of its proposals.
+    /// This node's wall clock in ms since the UNIX epoch: the stamp of its proposals. Tests
+    /// may skew it through [`crate::peer::Faults::set_clock_offset_ms`].
     pub fn wall_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        let real = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        real.saturating_add_signed(self.inner.peers.faults.clock_offset_ms())
     }
 
     /// The leader this node knows of, with its address.
@@ -401,19 +408,23 @@ impl Replica {
 /// Runs ReadIndex rounds until the replica is dropped: each round takes every waiter queued
 /// so far, performs one round, and answers them all.
 async fn run_read_rounds(inner: std::sync::Weak<Inner>, mut waiters: mpsc::Receiver<ReadWaiter>) {
-    let mut batch = Vec::new();
+    let slots = Arc::new(Semaphore::new(READ_ROUNDS_INFLIGHT_MAX));
     while let Some(first) = waiters.recv().await {
-        batch.push(first);
+        // Wait for a free slot first: meanwhile more readers queue up for this round.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
         while let Ok(w) = waiters.try_recv() {
             batch.push(w);
         }
         let Some(inner) = inner.upgrade() else { return };
         let replica = Replica { inner };
-        let result = replica.read_index_round().await;
-        drop(replica);
-        for w in batch.drain(..) {
-            let _ = w.send(result.clone());
-        }
+        tokio::spawn(async move {
+            let _slot = slot;
+            let result = replica.read_index_round().await;
+            for w in batch {
+                let _ = w.send(result.clone());
+            }
+        });
     }
 }
 
