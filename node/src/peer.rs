@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::sync::atomic::AtomicI64;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,12 +24,14 @@ pub const PEER_CHANNELS_MAX: usize = 1024;
 /// How long connecting to a peer may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 500;
 
-/// Links this node must treat as broken, latency to add to outgoing calls, and replies
-/// to lose after a proposal applied (to test that retries apply once).
+/// Links this node must treat as broken, latency to add to outgoing calls, replies to
+/// lose after a proposal applied (to test that retries apply once), and a skew of this
+/// node's wall clock (to test what a leader whose clock is ahead or behind does to leases).
 #[derive(Debug, Default)]
 pub struct Faults {
     inner: Mutex<FaultState>,
     lost_replies: AtomicU64,
+    clock_offset_ms: AtomicI64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -65,10 +68,22 @@ impl Faults {
         }
     }
 
-    /// Removes every fault.
+    /// Removes every link fault and lost reply (a clock offset stays: clocks do not heal
+    /// with the network).
     pub fn heal(&self) {
         *self.lock() = FaultState::default();
         self.lost_replies.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes this node's wall clock ([`crate::replica::Replica::wall_ms`], the stamp of its
+    /// proposals when it leads) run `ms` ahead of the real one (negative: behind).
+    pub fn set_clock_offset_ms(&self, ms: i64) {
+        self.clock_offset_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The injected offset of this node's wall clock, ms (0 in production).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::SeqCst)
     }
 
     /// Makes the next `n` applied proposals on this node answer `Indeterminate` instead of
