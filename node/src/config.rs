@@ -131,8 +131,6 @@ pub struct Limits {
     pub inflight_requests_max: usize,
     /// How long a proposal may take before the node answers `Indeterminate`.
     pub request_timeout_ms: u64,
-    /// Bytes of the sacred tier's keys and values (cluster-wide setting applied at bootstrap).
-    pub sacred_bytes_max: u64,
 }
 
 impl Default for Limits {
@@ -145,7 +143,6 @@ impl Default for Limits {
             message_bytes_max: 16 * 1024 * 1024,
             inflight_requests_max: 10_000,
             request_timeout_ms: 5_000,
-            sacred_bytes_max: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -443,6 +440,20 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let c = Config::from_toml(include_str!("../seam.example.toml")).expect("example parses");
+        c.validate().expect("example validates");
+        assert_eq!(c.region, "eu-west");
+        let d = Config::default();
+        assert_eq!(
+            c.raft.heartbeat_interval_ms, d.raft.heartbeat_interval_ms,
+            "the example shows the defaults"
+        );
+        assert_eq!(c.limits.value_bytes_max, d.limits.value_bytes_max);
+        assert_eq!(c.relaxed.tombstone_ttl_ms, d.relaxed.tombstone_ttl_ms);
     }
 
     #[test]
