@@ -12,7 +12,8 @@
 //! `sent_at + ttl - lease_skew_margin_ms`. The leader starts the TTL no earlier than it
 //! received the request, which is after `sent_at`, so the guard gives the lease up before
 //! the store could grant it to anyone else, provided the client's clock runs no slower than
-//! the leader's by more than the margin over one TTL. Renewals happen every `ttl / 3`.
+//! the leader's by more than the margin over one TTL. Renewals happen every `ttl / 3`, or
+//! more often when the margin leaves less than that: at least twice per `ttl - margin`.
 //! Pauses (GC, SIGSTOP) do not break this: after a pause `is_valid` is false, and any write
 //! the paused holder still sends is fenced by the store.
 
@@ -366,6 +367,14 @@ impl Drop for LeaseGuard {
     }
 }
 
+/// How often a guard renews: three times per ttl, and at least twice within the part of
+/// the ttl it may count on (`ttl - margin`). Without the second bound, a ttl close to the
+/// margin (700 ms with the default 500 ms margin) would reach the guard's own deadline
+/// before its first renewal and be reported lost while perfectly healthy.
+fn renew_interval(ttl: Duration, margin: Duration) -> Duration {
+    (ttl / 3).min(ttl.saturating_sub(margin) / 2).max(Duration::from_millis(RENEW_INTERVAL_MS_MIN))
+}
+
 async fn renew_loop(
     leases: Leases,
     key: Vec<u8>,
@@ -375,7 +384,7 @@ async fn renew_loop(
     mut sent_at: Instant,
     state: watch::Sender<GuardState>,
 ) {
-    let interval = (ttl / 3).max(Duration::from_millis(RENEW_INTERVAL_MS_MIN));
+    let mut interval = renew_interval(ttl, margin);
     let mut valid_until = sent_at + ttl.saturating_sub(margin);
     let mut next = sent_at + interval;
     loop {
@@ -390,9 +399,17 @@ async fn renew_loop(
                 state.send_replace(GuardState::Lost(LeaseLost::Expired));
                 return;
             }
+            // A renewal confirmed only after the old deadline (the process was paused while
+            // it was in flight) comes too late: `lost()` may already have reported the
+            // lease gone, and a lost lease stays lost.
+            Ok(Ok(_)) if Instant::now() >= valid_until => {
+                state.send_replace(GuardState::Lost(LeaseLost::Expired));
+                return;
+            }
             Ok(Ok(lease)) => {
                 sent_at = attempt_at;
                 ttl = granted_ttl(&lease, ttl);
+                interval = renew_interval(ttl, margin);
                 valid_until = sent_at + ttl.saturating_sub(margin);
                 state.send_replace(GuardState::Held { valid_until });
                 next = sent_at + interval;
@@ -408,5 +425,22 @@ async fn renew_loop(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_fit_inside_the_part_of_the_ttl_the_guard_counts_on() {
+        let ms = Duration::from_millis;
+        // Plenty of room: every ttl / 3.
+        assert_eq!(renew_interval(ms(30_000), ms(500)), ms(10_000));
+        // A ttl close to the margin: twice within ttl - margin, not once per ttl / 3.
+        assert_eq!(renew_interval(ms(700), ms(500)), ms(100));
+        assert!(renew_interval(ms(700), ms(500)) * 2 <= ms(700) - ms(500));
+        // Never a busy loop.
+        assert_eq!(renew_interval(ms(510), ms(500)), ms(RENEW_INTERVAL_MS_MIN));
     }
 }

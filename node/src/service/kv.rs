@@ -92,6 +92,16 @@ impl KvService {
         }
     }
 
+    /// Counts a write this node proposed that the state machine fenced, under the writer's
+    /// region (the stale holder's), with the lease service's events in
+    /// `seam_lease_events_total`.
+    fn count_fenced(&self, e: &NodeError, header: Option<&pb::RequestHeader>) {
+        if matches!(e, NodeError::Rejected(seam_raft_storage::Rejection::FencingRejected { .. })) {
+            let region = header.map_or("", |h| h.region.as_str());
+            self.replica.metrics().lease_events.with_label_values(&["fencing_rejected", region]).inc();
+        }
+    }
+
     /// Whether the caller allows the relaxed tier to serve (it pinned no `sacred`).
     fn relaxed_allowed(header: Option<&pb::RequestHeader>) -> bool {
         header.is_none_or(|h| h.require != pb::Tier::Sacred as i32)
@@ -275,7 +285,10 @@ impl KvService {
                     Err(s) => Err(forward_failed(s)),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.count_fenced(&e, req.header.as_ref());
+                Err(e.into())
+            }
         }
     }
 
@@ -316,7 +329,10 @@ impl KvService {
                     Err(s) => Err(forward_failed(s)),
                 }
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.count_fenced(&e, req.header.as_ref());
+                Err(e.into())
+            }
         }
     }
 
@@ -377,7 +393,10 @@ impl KvService {
                 req.header.get_or_insert_with(Default::default).forwarded = true;
                 KvClient::new(channel).txn(req).await.map(Response::into_inner).map_err(forward_failed)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.count_fenced(&e, req.header.as_ref());
+                Err(e.into())
+            }
         }
     }
 }
