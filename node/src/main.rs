@@ -85,7 +85,9 @@ impl NodeArgs {
         if let Some(v) = self.id {
             config.id = v;
         }
-        if let Some(v) = self.region {
+        // The client's global `--region` (default empty) shares this flag's name; an empty
+        // value means "not given" here.
+        if let Some(v) = self.region.filter(|r| !r.is_empty()) {
             config.region = v;
         }
         if let Some(v) = self.listen {
