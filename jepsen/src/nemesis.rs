@@ -123,7 +123,14 @@ impl NemesisKind {
     fn window_ms(self) -> (u64, u64) {
         match self {
             NemesisKind::Kill | NemesisKind::Pause => (1_000, 4_000),
-            NemesisKind::Partition | NemesisKind::PartitionLeader | NemesisKind::Latency => (2_000, 6_000),
+            NemesisKind::Latency => (2_000, 6_000),
+            // Failover after isolating the leader takes 3-4 s with the default election
+            // timeouts, and up to about 7.5 s when the node with the longest log carries
+            // openraft's "seen a greater log" penalty (docs/jepsen.md): windows span both.
+            NemesisKind::Partition => (3_000, 9_000),
+            // Always long enough for the majority to elect a new leader and commit writes
+            // the old one has not seen, while clients still read from the old one.
+            NemesisKind::PartitionLeader => (9_000, 12_000),
             NemesisKind::Skew => (2_000, 6_000),
             NemesisKind::Member => (3_000, 6_000),
         }

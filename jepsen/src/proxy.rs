@@ -395,6 +395,75 @@ where
 mod tests {
     use super::*;
 
+    /// An echo server, and a proxy in front of it that sees every connection as
+    /// coming from node 1 (the proxy's node is 2).
+    async fn echo_behind_proxy(links: Arc<Links>) -> (Proxies, SocketAddr) {
+        let server = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let upstream = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = server.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let identify = Identify::ByIp(HashMap::from([(IpAddr::V4(Ipv4Addr::LOCALHOST), 1)]));
+        let mut proxies = Proxies::default();
+        proxies.serve(listener, ProxySpec { node: 2, upstream, bind_for: HashMap::new() }, links, identify);
+        (proxies, addr)
+    }
+
+    async fn round_trip(stream: &mut TcpStream) -> Duration {
+        let started = Instant::now();
+        stream.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        stream.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        started.elapsed()
+    }
+
+    #[tokio::test]
+    async fn blocked_links_carry_nothing_until_healed_and_delays_apply_each_way() {
+        let links = Arc::new(Links::default());
+        let (_proxies, addr) = echo_behind_proxy(links.clone()).await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        assert!(round_trip(&mut stream).await < Duration::from_millis(200));
+
+        links.set_blocked(&[(2, 1)]);
+        stream.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        let silent = tokio::time::timeout(Duration::from_millis(300), stream.read_exact(&mut buf)).await;
+        assert!(silent.is_err(), "a blocked link carried bytes");
+        links.heal();
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut buf))
+            .await
+            .expect("healed link delivers what waited")
+            .expect("read");
+        assert_eq!(&buf, b"ping");
+
+        links.set_delay(&[(1, 2)], 150, 0);
+        let rtt = round_trip(&mut stream).await;
+        assert!(rtt >= Duration::from_millis(300), "150 ms each way, got {rtt:?}");
+        links.set_delay(&[], 0, 0);
+        assert!(round_trip(&mut stream).await < Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn proc_lookup_finds_the_process_that_owns_a_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let _client = TcpStream::connect(local).await.expect("connect");
+        let (_accepted, peer) = listener.accept().await.expect("accept");
+        let pids = BTreeMap::from([(7, 1), (5, std::process::id())]);
+        let owner = tokio::task::spawn_blocking(move || owner_of(peer, local, &pids)).await.expect("join");
+        assert_eq!(owner, Some(5));
+        let nobody = BTreeMap::from([(7, 1)]);
+        assert_eq!(owner_of(peer, local, &nobody), None);
+    }
+
     #[test]
     fn proc_addr_matches_the_kernel_format() {
         let addr: SocketAddr = "127.0.0.1:8000".parse().expect("addr");

@@ -194,3 +194,30 @@ impl Recorder {
         self.lock().writer.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::read_history_file;
+    use serde_json::json;
+
+    #[test]
+    fn records_a_valid_history_and_stops_at_a_runner_bug() {
+        let path = std::env::temp_dir().join(format!("seam-jepsen-recorder-{}.jsonl", std::process::id()));
+        let rec = Recorder::create(&path).expect("create");
+        let p = rec.new_process();
+        assert!(rec.invoke(p, "write", Some("k"), json!(1)));
+        rec.nemesis("start-partition", json!("1 | 2,3"));
+        rec.complete(p, Completion::Info, "write", Some("k"), Value::Null, Some("timeout".into()), None);
+        // A runner bug: the retired process issues again. Refused, and recording stops.
+        assert!(!rec.invoke(p, "read", Some("k"), Value::Null));
+        assert!(rec.failure().is_some_and(|f| f.contains("fresh process id")), "{:?}", rec.failure());
+        let q = rec.new_process();
+        assert!(!rec.invoke(q, "read", Some("k"), Value::Null), "nothing is written after a failure");
+        rec.flush().expect("flush");
+        let ops = read_history_file(&path).expect("the file is a valid history");
+        assert_eq!(ops.len(), 3);
+        assert!(ops.windows(2).all(|w| w[0].time_ns <= w[1].time_ns));
+        let _ = std::fs::remove_file(&path);
+    }
+}

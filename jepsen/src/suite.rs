@@ -57,7 +57,7 @@ pub fn cases() -> Vec<Case> {
         case("idempotent-latency-pause", Workload::Idempotent, "latency,pause", 15, None),
         case("lease-partition-kill-skew", Workload::Lease, "partition,kill,skew", 20, None),
         case("relaxed-partition-latency", Workload::Relaxed, "partition,latency", 15, None),
-        case("control-stale-reads", Workload::Register, "partition-leader", 15, Some("stale-reads")),
+        case("control-stale-reads", Workload::Register, "partition-leader", 25, Some("stale-reads")),
         case("control-no-dedup", Workload::Idempotent, "latency", 12, Some("no-dedup")),
         case("control-skip-fencing", Workload::Lease, "none", 12, Some("skip-fencing")),
         case("control-serve-expired", Workload::Relaxed, "none", 12, Some("serve-expired")),

@@ -9,6 +9,11 @@
 //! once (a kill or a partition makes every in-flight write indeterminate). Values are
 //! unique integers (a global counter), written as decimal text. A cas compares with the
 //! last value the worker saw on the key, so it succeeds often enough to matter.
+//!
+//! Every [`READER_EVERY`]-th worker only reads. A client that writes leaves a leader
+//! as soon as a write to it times out; a reader keeps asking the node it believes
+//! leads for as long as that node answers, so when an isolated old leader answers
+//! reads it should not answer (no quorum), readers are there to see it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -30,6 +35,8 @@ pub const INFOS_PER_KEY_MAX: u64 = 4;
 pub const SEEN_MAX: usize = 64;
 /// Key prefix.
 pub const PREFIX: &str = "jepsen/register/";
+/// Every this-many-th worker only reads (see the module docs).
+pub const READER_EVERY: u64 = 3;
 /// Per-attempt SDK timeout.
 pub const REQUEST_TIMEOUT_MS: u64 = 1_000;
 /// SDK retries per operation.
@@ -98,7 +105,7 @@ async fn worker(ctx: Ctx, w: u64, rotor: Arc<Mutex<Rotor>>, values: Arc<AtomicI6
     while !ctx.stopping() {
         let key_id = rotor.lock().unwrap_or_else(|p| p.into_inner()).take(&mut rng);
         let key = format!("{PREFIX}{key_id}");
-        let roll = rng.below(100);
+        let roll = if w % READER_EVERY == READER_EVERY - 1 { 0 } else { rng.below(100) };
         let (f, done) = if roll < 50 {
             if !process.invoke("read", Some(&key), Value::Null) {
                 return;
