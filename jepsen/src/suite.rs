@@ -164,3 +164,47 @@ pub async fn run(options: &SuiteOptions) -> bool {
     }
     all
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nemesis::{schedule, Fault};
+    use std::collections::BTreeSet;
+
+    fn kind(fault: &Fault) -> &'static str {
+        match fault {
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
+            Fault::Partition { .. } => "partition",
+            Fault::Latency { .. } => "latency",
+            Fault::Skew { .. } => "skew",
+            Fault::Member { .. } => "member",
+        }
+    }
+
+    #[test]
+    fn the_short_suite_exercises_every_workload_nemesis_and_control() {
+        let mut workloads = BTreeSet::new();
+        let mut nemeses = BTreeSet::new();
+        let mut controls = BTreeSet::new();
+        for case in cases() {
+            workloads.insert(case.workload.as_str());
+            controls.extend(case.control);
+            let kinds = NemesisKind::parse_list(case.nemeses).expect("valid nemeses");
+            let plan = schedule(1, &kinds, case.duration_s * 1_000, &[1, 2, 3]);
+            let seen: BTreeSet<&str> = plan.steps.iter().map(|s| kind(&s.fault)).collect();
+            for k in &kinds {
+                let name = if *k == NemesisKind::PartitionLeader { "partition" } else { k.as_str() };
+                assert!(
+                    seen.contains(name),
+                    "{}: {name} is never scheduled with seed 1: {plan:?}",
+                    case.name
+                );
+            }
+            nemeses.extend(seen);
+        }
+        assert_eq!(workloads.len(), 4);
+        assert_eq!(nemeses.len(), NemesisKind::ALL.len(), "{nemeses:?}");
+        assert_eq!(controls.len(), 4);
+    }
+}
