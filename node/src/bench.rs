@@ -7,11 +7,27 @@
 //! One JSON line is printed per run:
 //! `{"target","op","clients","ops","errors","ops_per_sec","p50_us","p99_us","p999_us",...}`.
 //!
-//! Seam is driven through the SDK (sacred operations go to the leader; gets are
-//! linearizable by ReadIndex). etcd 3.4 is driven through its own gRPC KV API (the subset in
-//! `proto/etcd.proto`) with linearizable ranges, clients spread round-robin over the
-//! endpoints as etcd's own benchmark tool does (followers forward writes to the leader).
+//! Seam is driven through the SDK, so the key's field policy decides the tier exactly as it
+//! does for applications: keys under `--key-prefix` (default `bench/`, which has no policy:
+//! sacred) go to the leader and gets are linearizable by ReadIndex; give the prefix a relaxed
+//! policy first (`seam policy set rbench/ --tier relaxed ...`) and the same run measures
+//! the relaxed tier, served by the node of each client's region (`--regions`: one region
+//! for all clients, a list, or `all` to spread the clients over every member's region). The
+//! JSON line says which tier served (`"tier"`).
+//!
+//! etcd 3.4 is driven through its own gRPC KV API (the subset in `proto/etcd.proto`) with
+//! linearizable ranges, clients spread round-robin over the endpoints as etcd's own
+//! benchmark tool does (followers forward writes to the leader). Redis (`--target redis`) is
+//! driven with GET and SET over RESP, spoken directly on one TCP connection per client.
+//!
+//! `--lag-probe-ms N` (relaxed, with at least two regions) adds a probe that, every N ms
+//! during the measured window, writes a probe key at the first region's node and polls the
+//! other regions' nodes (each with its own client, so no session answers for them) until
+//! they serve it: the time from the write's acknowledgement to its visibility elsewhere,
+//! reported as `lag_p50_us`/`lag_p99_us` (a poll costs one request, which bounds the
+//! resolution).
 
+use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -20,19 +36,38 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use seam_client::Client;
 use seam_client::ClientConfig;
+use seam_client::Tier;
 use seam_proto::etcd;
 use seam_proto::etcd::kv_client::KvClient as EtcdKv;
 use serde::Serialize;
+use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufReader;
+use tokio::net::TcpStream;
 use tonic::transport::Channel;
 
 /// Clients one run may use at most.
 pub const BENCH_CLIENTS_MAX: usize = 4096;
+
+/// Longest RESP reply line (type, length or simple string) accepted from Redis; a longer
+/// one fails the run.
+pub const RESP_LINE_BYTES_MAX: u64 = 64 * 1024;
+
+/// Largest RESP bulk reply accepted from Redis; a larger one fails the run.
+pub const RESP_BULK_BYTES_MAX: usize = 64 << 20;
+
+/// How long the lag probe waits for one write to show up on another node; past it the
+/// sample counts in `lag_timeouts` and the probe moves on.
+pub const LAG_PROBE_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Seam,
     Etcd,
+    /// Redis (RESP over TCP), e.g. Debian's `redis-server`.
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -78,6 +113,18 @@ pub struct BenchArgs {
     /// Directory for `--op fdatasync` (the disk the nodes' data lives on).
     #[arg(long, default_value = ".")]
     pub dir: std::path::PathBuf,
+    /// Prefix of the benchmark's keys (Seam: its field policy decides the tier).
+    #[arg(long, default_value = "bench/")]
+    pub key_prefix: String,
+    /// Seam: the clients' regions, comma-separated, assigned round-robin (relaxed
+    /// operations go to a node of the client's region); `all`: every member's region, as
+    /// each node reports it. Empty: no region preference.
+    #[arg(long, value_delimiter = ',')]
+    pub regions: Vec<String>,
+    /// Seam, relaxed: every this many ms, measure how long a write at the first region's
+    /// node takes to be served by the other regions' nodes (0: no probe).
+    #[arg(long, default_value_t = 0)]
+    pub lag_probe_ms: u64,
 }
 
 /// The JSON line a run prints.
@@ -95,6 +142,26 @@ pub struct BenchResult {
     pub duration_s: f64,
     pub keys: usize,
     pub value_bytes: usize,
+    /// Seam: the tier that served the measured requests (`mixed` if both did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+    /// Seam: the clients' regions.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// The lag probe's figures (with `--lag-probe-ms`).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<LagResult>,
+}
+
+/// Replication lag seen by the probe: from a write's acknowledgement at one node until
+/// another node serves it.
+#[derive(Debug, Serialize)]
+pub struct LagResult {
+    pub lag_samples: u64,
+    pub lag_timeouts: u64,
+    pub lag_p50_us: u64,
+    pub lag_p99_us: u64,
+    pub lag_max_us: u64,
 }
 
 /// One connection's way to run an operation.
@@ -102,17 +169,53 @@ pub struct BenchResult {
 enum Driver {
     Seam(Client),
     Etcd(EtcdKv<Channel>),
+    /// One connection; the lock is only ever contended while keys are pre-populated.
+    Redis(Arc<tokio::sync::Mutex<Resp>>),
 }
 
-fn key(i: usize) -> String {
-    format!("bench/{i:08}")
+fn key(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:08}")
+}
+
+/// Counts which tier served Seam requests.
+#[derive(Default, Clone, Copy)]
+struct Served {
+    sacred: u64,
+    relaxed: u64,
+}
+
+impl Served {
+    fn note(&mut self, tier: Option<Tier>) {
+        match tier {
+            Some(Tier::Sacred) => self.sacred += 1,
+            Some(Tier::Relaxed) => self.relaxed += 1,
+            None => {}
+        }
+    }
+
+    fn add(&mut self, other: Served) {
+        self.sacred += other.sacred;
+        self.relaxed += other.relaxed;
+    }
+
+    fn name(self) -> Option<String> {
+        match (self.sacred, self.relaxed) {
+            (0, 0) => None,
+            (_, 0) => Some("sacred".into()),
+            (0, _) => Some("relaxed".into()),
+            _ => Some("mixed".into()),
+        }
+    }
 }
 
 impl Driver {
-    async fn put(&mut self, k: &str, v: &[u8]) -> anyhow::Result<()> {
+    /// Runs a put; returns the tier that served it (Seam only).
+    async fn put(&mut self, k: &str, v: &[u8]) -> anyhow::Result<Option<Tier>> {
         match self {
             Driver::Seam(c) => {
-                c.put(k, v).await?;
+                let written = c.put(k, v).await?;
+                let Some(info) = written.info() else { bail!("{k}: queued, no node reachable") };
+                return Ok(info.meta.tier);
             }
             Driver::Etcd(kv) => {
                 kv.put(etcd::PutRequest {
@@ -122,32 +225,143 @@ impl Driver {
                 })
                 .await?;
             }
+            Driver::Redis(conn) => {
+                conn.lock().await.command(&[b"SET", k.as_bytes(), v]).await?;
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
-    async fn get(&mut self, k: &str) -> anyhow::Result<()> {
+    /// Runs a get; returns the tier that served it (Seam only).
+    async fn get(&mut self, k: &str) -> anyhow::Result<Option<Tier>> {
         match self {
-            Driver::Seam(c) => {
-                c.get(k).await?;
-            }
+            Driver::Seam(c) => return Ok(c.get(k).await?.meta.tier),
             Driver::Etcd(kv) => {
                 kv.range(etcd::RangeRequest { key: k.as_bytes().to_vec(), ..Default::default() }).await?;
             }
+            Driver::Redis(conn) => {
+                conn.lock().await.command(&[b"GET", k.as_bytes()]).await?;
+            }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
-async fn driver(args: &BenchArgs, client_index: usize) -> anyhow::Result<Driver> {
+/// A Redis reply (the kinds GET and SET answer with).
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+}
+
+/// One RESP connection to Redis: a request is a RESP array of bulk strings; a reply is read
+/// whole before the next request is sent.
+struct Resp {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    out: Vec<u8>,
+}
+
+impl Resp {
+    async fn connect(addr: &str) -> anyhow::Result<Resp> {
+        let stream =
+            TcpStream::connect(addr).await.with_context(|| format!("connecting to Redis at {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (read, write) = stream.into_split();
+        Ok(Resp { reader: BufReader::new(read), writer: write, out: Vec::new() })
+    }
+
+    async fn command(&mut self, parts: &[&[u8]]) -> anyhow::Result<Reply> {
+        self.out.clear();
+        self.out.extend_from_slice(format!("*{}\r\n", parts.len()).as_bytes());
+        for part in parts {
+            self.out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+            self.out.extend_from_slice(part);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&self.out).await?;
+        self.read_reply().await
+    }
+
+    async fn read_line(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut line = Vec::new();
+        (&mut self.reader).take(RESP_LINE_BYTES_MAX).read_until(b'\n', &mut line).await?;
+        if !line.ends_with(b"\r\n") {
+            bail!("Redis sent a reply line without CRLF within {RESP_LINE_BYTES_MAX} bytes (or closed)");
+        }
+        line.truncate(line.len() - 2);
+        Ok(line)
+    }
+
+    async fn read_reply(&mut self) -> anyhow::Result<Reply> {
+        let line = self.read_line().await?;
+        let Some((&kind, rest)) = line.split_first() else { bail!("Redis sent an empty reply line") };
+        let text = String::from_utf8_lossy(rest).into_owned();
+        match kind {
+            b'+' => Ok(Reply::Simple(text)),
+            b'-' => bail!("Redis error: {text}"),
+            b':' => Ok(Reply::Integer(text.parse().with_context(|| format!("Redis integer {text:?}"))?)),
+            b'$' => {
+                let len: i64 = text.parse().with_context(|| format!("Redis bulk length {text:?}"))?;
+                if len < 0 {
+                    return Ok(Reply::Bulk(None));
+                }
+                let len = usize::try_from(len)?;
+                if len > RESP_BULK_BYTES_MAX {
+                    bail!("Redis bulk reply of {len} bytes exceeds {RESP_BULK_BYTES_MAX}");
+                }
+                let mut data = vec![0; len + 2];
+                self.reader.read_exact(&mut data).await?;
+                if !data.ends_with(b"\r\n") {
+                    bail!("Redis bulk reply not terminated by CRLF");
+                }
+                data.truncate(len);
+                Ok(Reply::Bulk(Some(data)))
+            }
+            other => bail!("unexpected Redis reply type {:?}", other as char),
+        }
+    }
+}
+
+/// A Seam client in `region` ("": no preference), with the leader, members and policies
+/// loaded before measuring.
+async fn seam_client(args: &BenchArgs, region: &str) -> anyhow::Result<Client> {
+    let mut config = ClientConfig::new(args.endpoints.clone()).with_region(region);
+    config.retries_max = 3;
+    let client = Client::new(config)?;
+    client.refresh().await.context("loading the cluster's members and policies")?;
+    Ok(client)
+}
+
+/// The regions named by `--regions` (`all`: every member's, as the nodes report them).
+async fn resolve_regions(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+    let named: Vec<String> =
+        args.regions.iter().map(|r| r.trim().to_string()).filter(|r| !r.is_empty()).collect();
+    if args.target != Target::Seam || named.iter().all(|r| r != "all") {
+        return Ok(named);
+    }
+    let client = seam_client(args, "").await?;
+    let status = client.admin().status_all().await?;
+    let mut regions: Vec<String> =
+        status.nodes.iter().filter_map(|n| n.status.as_ref().ok()).map(|s| s.region.clone()).collect();
+    regions.sort();
+    regions.dedup();
+    if regions.is_empty() {
+        bail!("--regions all: no node reported a region");
+    }
+    Ok(regions)
+}
+
+async fn driver(args: &BenchArgs, regions: &[String], client_index: usize) -> anyhow::Result<Driver> {
     match args.target {
         Target::Seam => {
-            let mut config = ClientConfig::new(args.endpoints.clone());
-            config.retries_max = 3;
-            let client = Client::new(config)?;
-            // Learn the leader before measuring; the SDK follows it from then on.
-            let _ = client.refresh().await;
-            Ok(Driver::Seam(client))
+            let region = if regions.is_empty() { "" } else { &regions[client_index % regions.len()] };
+            Ok(Driver::Seam(seam_client(args, region).await?))
+        }
+        Target::Redis => {
+            let endpoint = &args.endpoints[client_index % args.endpoints.len()];
+            Ok(Driver::Redis(Arc::new(tokio::sync::Mutex::new(Resp::connect(endpoint).await?))))
         }
         Target::Etcd => {
             let endpoint = &args.endpoints[client_index % args.endpoints.len()];
@@ -178,20 +392,24 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     if args.keys == 0 || args.endpoints.is_empty() || args.duration_s == 0 {
         bail!("--keys, --endpoints and --duration-s must be non-empty / above 0");
     }
+    if args.lag_probe_ms > 0 && args.target != Target::Seam {
+        bail!("--lag-probe-ms measures Seam's relaxed replication; it needs --target seam");
+    }
+    let regions = resolve_regions(args).await?;
     let value = vec![b'x'; args.value_bytes];
     let mut drivers = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        drivers.push(driver(args, i).await?);
+        drivers.push(driver(args, &regions, i).await?);
     }
     // Pre-populate every key, spread over the clients.
     let mut fills = Vec::new();
     for (i, d) in drivers.iter().enumerate() {
         let mut d = d.clone();
         let value = value.clone();
-        let (clients, keys) = (args.clients, args.keys);
+        let (clients, keys, prefix) = (args.clients, args.keys, args.key_prefix.clone());
         fills.push(tokio::spawn(async move {
             for k in (i..keys).step_by(clients) {
-                d.put(&key(k), &value).await?;
+                d.put(&key(&prefix, k), &value).await?;
             }
             anyhow::Ok(())
         }));
@@ -202,13 +420,20 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
 
     let warmup_until = Instant::now() + Duration::from_secs(args.warmup_s);
     let measure_until = warmup_until + Duration::from_secs(args.duration_s);
+    let probe = if args.lag_probe_ms > 0 {
+        let prober = LagProbe::new(args, &regions).await?;
+        Some(tokio::spawn(prober.run(warmup_until, measure_until, Duration::from_millis(args.lag_probe_ms))))
+    } else {
+        None
+    };
     let mut tasks = Vec::new();
     for (i, mut d) in drivers.into_iter().enumerate() {
         let value = value.clone();
-        let (op, keys) = (args.op, args.keys);
+        let (op, keys, prefix) = (args.op, args.keys, args.key_prefix.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut errors = 0u64;
+            let mut served = Served::default();
             let mut n = i as u64;
             loop {
                 let now = Instant::now();
@@ -219,7 +444,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
                 n ^= n << 13;
                 n ^= n >> 7;
                 n ^= n << 17;
-                let k = key(n as usize % keys);
+                let k = key(&prefix, n as usize % keys);
                 let do_put = match op {
                     Op::Get => false,
                     Op::Mixed => n.is_multiple_of(2),
@@ -229,22 +454,31 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
                 let result = if do_put { d.put(&k, &value).await } else { d.get(&k).await };
                 if started >= warmup_until {
                     match result {
-                        Ok(()) => hist.saturating_record(started.elapsed().as_micros() as u64),
+                        Ok(tier) => {
+                            hist.saturating_record(started.elapsed().as_micros() as u64);
+                            served.note(tier);
+                        }
                         Err(_) => errors += 1,
                     }
                 }
                 n = n.wrapping_add(1);
             }
-            anyhow::Ok((hist, errors))
+            anyhow::Ok((hist, errors, served))
         }));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
+    let mut served = Served::default();
     for t in tasks {
-        let (h, e) = t.await??;
+        let (h, e, s) = t.await??;
         hist.add(h)?;
         errors += e;
+        served.add(s);
     }
+    let lag = match probe {
+        Some(probe) => Some(probe.await??),
+        None => None,
+    };
     let secs = args.duration_s as f64;
     Ok(BenchResult {
         target: args.target,
@@ -259,7 +493,80 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         duration_s: secs,
         keys: args.keys,
         value_bytes: args.value_bytes,
+        tier: served.name(),
+        regions,
+        lag,
     })
+}
+
+/// Measures replication lag during a run: a write at one region's node, then polls of the
+/// other regions' nodes until they serve it.
+struct LagProbe {
+    key: String,
+    writer: Client,
+    readers: Vec<Client>,
+}
+
+impl LagProbe {
+    async fn new(args: &BenchArgs, regions: &[String]) -> anyhow::Result<LagProbe> {
+        if regions.len() < 2 {
+            bail!("--lag-probe-ms needs at least two regions in --regions (or --regions all)");
+        }
+        let key = format!("{}lag-probe", args.key_prefix);
+        let writer = seam_client(args, &regions[0]).await?;
+        if writer.predicted_tier(&key) != Tier::Relaxed {
+            bail!(
+                "--lag-probe-ms measures the relaxed tier, but {key:?} is sacred: set a relaxed policy first"
+            );
+        }
+        let mut readers = Vec::new();
+        for region in &regions[1..] {
+            readers.push(seam_client(args, region).await?);
+        }
+        Ok(LagProbe { key, writer, readers })
+    }
+
+    async fn run(self, start: Instant, until: Instant, every: Duration) -> anyhow::Result<LagResult> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut timeouts = 0;
+        tokio::time::sleep_until(start.into()).await;
+        let mut n: u64 = 0;
+        while Instant::now() < until {
+            let next = Instant::now() + every;
+            n += 1;
+            let value = n.to_string();
+            let written = self.writer.put(&self.key, &value).await?;
+            let writer_node = written.info().map(|i| i.meta.node_id).unwrap_or(0);
+            let acked = Instant::now();
+            for reader in &self.readers {
+                let deadline = acked + Duration::from_millis(LAG_PROBE_TIMEOUT_MS);
+                loop {
+                    let got = reader.get(&self.key).await;
+                    if let Ok(got) = &got {
+                        if got.meta.node_id == writer_node {
+                            bail!("the lag probe's reader was served by the writer's node {writer_node}");
+                        }
+                        if got.value() == Some(value.as_bytes()) {
+                            hist.saturating_record(acked.elapsed().as_micros() as u64);
+                            break;
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        timeouts += 1;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep_until(next.into()).await;
+        }
+        Ok(LagResult {
+            lag_samples: hist.len(),
+            lag_timeouts: timeouts,
+            lag_p50_us: hist.value_at_quantile(0.5),
+            lag_p99_us: hist.value_at_quantile(0.99),
+            lag_max_us: hist.max(),
+        })
+    }
 }
 
 /// Samples one kind of baseline latency for the run's duration.
@@ -285,6 +592,9 @@ fn baseline(
         duration_s: args.duration_s as f64,
         keys: 0,
         value_bytes: 4096,
+        tier: None,
+        regions: Vec::new(),
+        lag: None,
     })
 }
 
@@ -325,4 +635,51 @@ async fn rtt_sample() -> anyhow::Result<impl FnMut() -> anyhow::Result<u64>> {
         stream.read_exact(&mut buf)?;
         Ok(started.elapsed().as_micros() as u64)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A fake Redis that checks the request bytes and answers with scripted replies.
+    async fn fake_redis(script: Vec<(&'static [u8], &'static [u8])>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("accept");
+            for (request, reply) in script {
+                let mut got = vec![0; request.len()];
+                socket.read_exact(&mut got).await.expect("request");
+                assert_eq!(got, request, "{}", String::from_utf8_lossy(&got));
+                socket.write_all(reply).await.expect("reply");
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn resp_requests_and_replies() {
+        let addr = fake_redis(vec![
+            (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv1\r\n", b"+OK\r\n"),
+            (b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", b"$2\r\nv1\r\n"),
+            (b"*2\r\n$3\r\nGET\r\n$1\r\nx\r\n", b"$-1\r\n"),
+            (b"*2\r\n$4\r\nINCR\r\n$1\r\nn\r\n", b":7\r\n"),
+            (b"*1\r\n$4\r\nNOPE\r\n", b"-ERR unknown command\r\n"),
+            (b"*1\r\n$4\r\nHUGE\r\n", b"$99999999999\r\n"),
+        ])
+        .await;
+        let mut redis = Resp::connect(&addr).await.expect("connect");
+        assert_eq!(redis.command(&[b"SET", b"k", b"v1"]).await.expect("set"), Reply::Simple("OK".into()));
+        assert_eq!(redis.command(&[b"GET", b"k"]).await.expect("get"), Reply::Bulk(Some(b"v1".to_vec())));
+        assert_eq!(redis.command(&[b"GET", b"x"]).await.expect("get"), Reply::Bulk(None));
+        assert_eq!(redis.command(&[b"INCR", b"n"]).await.expect("incr"), Reply::Integer(7));
+        let err = redis.command(&[b"NOPE"]).await.expect_err("an error reply");
+        assert!(err.to_string().contains("ERR unknown command"), "{err}");
+        let err = redis.command(&[b"HUGE"]).await.expect_err("over the bulk bound");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+    }
 }
