@@ -77,6 +77,8 @@ const MARGIN_MS: u64 = 500;
 const WAIT: Duration = Duration::from_secs(30);
 /// Connections one proxy carries at once; past it new ones are closed.
 const PROXY_CONNECTIONS_MAX: usize = 256;
+/// Attempts at starting the cluster (an attempt fails when a node cannot bind its port).
+const STARTS_MAX: usize = 3;
 /// Commands a holder process has read and not yet run (the test sends one at a time).
 const HOLDER_COMMANDS_QUEUED_MAX: usize = 16;
 /// Bytes a proxy reads at once per direction (the one chunk it holds while a link is cut).
@@ -86,9 +88,23 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A free port for a node to listen on, below the kernel's ephemeral range (32768 and up
+/// by default): a port from `bind(0)` would be free now but may be handed to any other
+/// socket's `bind(0)` or `connect` before the node binds it. Ports are tried in turn from a
+/// per-process offset, so concurrent tests and test binaries rarely meet.
 fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const BASE: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let port = (BASE + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {BASE}..{}", BASE + SPAN);
 }
 
 /// The seed of the randomized parts: `SEAM_TEST_SEED`, else the clock. Printed.
@@ -233,23 +249,42 @@ struct ProcNode {
 struct ProcCluster {
     nodes: Vec<ProcNode>,
     gate: Arc<Gate>,
+    proxies: Vec<tokio::task::JoinHandle<()>>,
     dir: tempfile::TempDir,
 }
 
 impl ProcCluster {
-    /// Starts three nodes behind their proxies and waits until the cluster takes writes.
+    /// Starts three nodes behind their proxies and waits until every node is healthy and the
+    /// cluster takes writes. A node that exits during startup (its port was taken after all)
+    /// fails the attempt; the cluster is started again on new ports, up to [`STARTS_MAX`]
+    /// times.
     async fn start() -> ProcCluster {
+        let mut failures = Vec::new();
+        for attempt in 1..=STARTS_MAX {
+            match ProcCluster::try_start().await {
+                Ok(cluster) => return cluster,
+                Err(reason) => {
+                    eprintln!("cluster start {attempt} failed: {reason}");
+                    failures.push(reason);
+                }
+            }
+        }
+        panic!("the cluster did not start in {STARTS_MAX} attempts: {failures:#?}");
+    }
+
+    async fn try_start() -> Result<ProcCluster, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (partition, _) = watch::channel(None);
         let gate = Arc::new(Gate { known_pids: Mutex::default(), partition });
         let mut planned = Vec::new();
+        let mut proxies = Vec::new();
         for (i, region) in REGIONS.iter().enumerate() {
             let id = i as u64 + 1;
             let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
             let proxy = listener.local_addr().expect("proxy addr");
-            tokio::spawn(run_proxy(listener, id, listen, gate.clone()));
+            proxies.push(tokio::spawn(run_proxy(listener, id, listen, gate.clone())));
             planned.push((id, *region, listen, proxy, metrics));
         }
         let initial: Vec<String> =
@@ -278,18 +313,32 @@ impl ProcCluster {
             gate.known_pids.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
             nodes.push(ProcNode { id, proxy, metrics, log, child });
         }
-        let cluster = ProcCluster { nodes, gate, dir };
+        let mut cluster = ProcCluster { nodes, gate, proxies, dir };
         let client = cluster.client().await;
         let started = Instant::now();
         loop {
-            if client.put("lease-fault/ready", "1").await.is_ok() {
+            for n in &mut cluster.nodes {
+                if let Ok(Some(status)) = n.child.try_wait() {
+                    let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or_default().to_string();
+                    return Err(format!("node {} exited ({status}): {last}", n.id));
+                }
+            }
+            let mut healthy = 0;
+            for n in &cluster.nodes {
+                let reply = cluster.http_get(n.id, "/health").await;
+                healthy += (reply.split_whitespace().nth(1) == Some("200")) as usize;
+            }
+            if healthy == cluster.nodes.len() && client.put("lease-fault/ready", "1").await.is_ok() {
                 break;
             }
-            assert!(started.elapsed() < WAIT, "the cluster took no write within {WAIT:?}");
+            if started.elapsed() > WAIT {
+                return Err(format!("{healthy} of 3 nodes healthy after {WAIT:?}"));
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         eprintln!("cluster of 3 seam processes ready in {:?}", started.elapsed());
-        cluster
+        Ok(cluster)
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -322,14 +371,24 @@ impl ProcCluster {
             .unwrap_or_else(|e| panic!("seam {args:?} printed {stdout:?}: {e}"))
     }
 
-    /// The /metrics text of node `id` (served outside the proxies; empty if unreachable).
-    async fn metrics(&self, id: u64) -> String {
+    /// `GET path` on node `id`'s HTTP port (served outside the proxies): the whole response,
+    /// status line first; empty if unreachable.
+    async fn http_get(&self, id: u64, path: &str) -> String {
         let Some(n) = self.nodes.iter().find(|n| n.id == id) else { return String::new() };
-        let Ok(mut stream) = TcpStream::connect(n.metrics).await else { return String::new() };
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: seam\r\n\r\n").await;
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text).await;
-        text
+        let request = format!("GET {path} HTTP/1.0\r\nHost: seam\r\n\r\n");
+        let exchange = async {
+            let mut stream = TcpStream::connect(n.metrics).await.ok()?;
+            stream.write_all(request.as_bytes()).await.ok()?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await.ok()?;
+            Some(text)
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten().unwrap_or_default()
+    }
+
+    /// The /metrics text of node `id`.
+    async fn metrics(&self, id: u64) -> String {
+        self.http_get(id, "/metrics").await
     }
 
     /// `seam_lease_events_total{event, region}` summed over the nodes' /metrics.
@@ -397,6 +456,9 @@ impl ProcCluster {
 
 impl Drop for ProcCluster {
     fn drop(&mut self) {
+        for proxy in &self.proxies {
+            proxy.abort();
+        }
         if std::thread::panicking() {
             eprintln!("node logs are in {} (kept)", self.dir.path().display());
             for n in &self.nodes {
