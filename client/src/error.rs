@@ -64,8 +64,10 @@ pub enum Error {
         /// The key's current token.
         current: u64,
     },
-    /// The lease behind this token has expired. Next: acquire again (a new token).
-    #[error("lease with token {token} has expired")]
+    /// No live lease on this key has this token: it expired or was released (or the token
+    /// was granted on another key: a token fences its own key only). Next: acquire again
+    /// (a new token).
+    #[error("no live lease on this key has token {token} (expired, released, or granted on another key)")]
     LeaseExpired {
         /// The expired lease's token.
         token: u64,

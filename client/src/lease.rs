@@ -178,16 +178,26 @@ impl Leases {
     /// Acquires `key` for `holder` (in the client's region) and keeps it renewed in the
     /// background until the guard is dropped or the lease is lost.
     ///
+    /// A token fences writes to its own key. To fence writes to other keys, guard them with
+    /// a transaction that compares the lease's token ([`crate::Cmp::lease_token`]).
+    ///
     /// ```no_run
     /// # async fn example(client: seam_client::Client) -> Result<(), seam_client::Error> {
     /// use std::time::Duration;
+    /// use seam_client::{Cmp, CmpOp, Op, PutOptions, Txn};
     /// let guard = client.leases().guard("jobs/nightly", "worker-1", Duration::from_secs(10)).await?;
     /// tokio::select! {
     ///     lost = guard.lost() => eprintln!("lease lost: {lost:?}; stop working"),
     ///     _ = async {
-    ///         // Every write carries the token: the store rejects it if the lease moved on.
-    ///         let opts = seam_client::PutOptions { token: Some(guard.token()), ..Default::default() };
-    ///         client.put_with("jobs/nightly/state", "running", opts).await
+    ///         // Writes to the leased key carry the token: refused if the lease moved on.
+    ///         let opts = PutOptions { token: Some(guard.token()), ..Default::default() };
+    ///         client.put_with("jobs/nightly", "running", opts).await?;
+    ///         // Writes to other keys are made conditional on the lease's token.
+    ///         let txn = Txn::new()
+    ///             .when(Cmp::lease_token("jobs/nightly", CmpOp::Equal, guard.token()))
+    ///             .and_then(Op::put("jobs/nightly/progress", "50%"));
+    ///         let applied = client.txn(txn).await?.succeeded;
+    ///         Ok::<bool, seam_client::Error>(applied)
     ///     } => {}
     /// }
     /// # Ok(()) }
