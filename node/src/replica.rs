@@ -156,6 +156,18 @@ impl Replica {
         Duration::from_millis(self.inner.config.limits.request_timeout_ms)
     }
 
+    /// Checks a key against `limits.key_bytes_max` (and that it is not empty).
+    pub fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
+        let max = self.inner.config.limits.key_bytes_max;
+        if key.is_empty() {
+            return Err(NodeError::invalid("key must not be empty"));
+        }
+        if key.len() > max {
+            return Err(NodeError::limit("key_bytes_max", max, format_args!("key of {} bytes", key.len())));
+        }
+        Ok(())
+    }
+
     /// Admits one client request, or refuses it (definitely not done) when
     /// `inflight_requests_max` requests are already being handled.
     pub fn admit(&self) -> Result<SemaphorePermit<'_>, NodeError> {

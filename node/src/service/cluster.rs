@@ -22,7 +22,7 @@ use crate::error::NodeError;
 use crate::http::role_name;
 use crate::replica::map_write_error;
 use crate::replica::Replica;
-use crate::service::forward_failed;
+use crate::service::forward;
 use crate::service::observe;
 
 /// Members one membership request may name at most.
@@ -189,18 +189,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let req = req.into_inner();
         let result = match self.add_learner_inner(&req).await {
-            Err(NodeError::NotLeader { .. }) => match self.replica.forward_channel(req.header.as_ref()) {
-                Ok(channel) => {
-                    let mut req = req;
-                    req.header.get_or_insert_with(Default::default).forwarded = true;
-                    ClusterClient::new(channel)
-                        .add_learner(req)
-                        .await
-                        .map(Response::into_inner)
-                        .map_err(forward_failed)
-                }
-                Err(e) => Err(e.into()),
-            },
+            Err(NodeError::NotLeader { .. }) => forward!(self.replica, ClusterClient, add_learner, req),
             other => other.map_err(Status::from),
         };
         observe(&self.replica, "add_learner", result)
@@ -213,18 +202,7 @@ impl Cluster for ClusterService {
         let req = req.into_inner();
         let result = match Self::check_ids(&req.ids) {
             Ok(ids) => match self.change(ChangeMembers::AddVoterIds(ids), false).await {
-                Err(NodeError::NotLeader { .. }) => match self.replica.forward_channel(req.header.as_ref()) {
-                    Ok(channel) => {
-                        let mut req = req;
-                        req.header.get_or_insert_with(Default::default).forwarded = true;
-                        ClusterClient::new(channel)
-                            .promote(req)
-                            .await
-                            .map(Response::into_inner)
-                            .map_err(forward_failed)
-                    }
-                    Err(e) => Err(e.into()),
-                },
+                Err(NodeError::NotLeader { .. }) => forward!(self.replica, ClusterClient, promote, req),
                 other => other.map_err(Status::from),
             },
             Err(e) => Err(e.into()),
@@ -238,18 +216,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         let req = req.into_inner();
         let result = match self.remove_inner(&req.ids).await {
-            Err(NodeError::NotLeader { .. }) => match self.replica.forward_channel(req.header.as_ref()) {
-                Ok(channel) => {
-                    let mut req = req;
-                    req.header.get_or_insert_with(Default::default).forwarded = true;
-                    ClusterClient::new(channel)
-                        .remove(req)
-                        .await
-                        .map(Response::into_inner)
-                        .map_err(forward_failed)
-                }
-                Err(e) => Err(e.into()),
-            },
+            Err(NodeError::NotLeader { .. }) => forward!(self.replica, ClusterClient, remove, req),
             other => other.map_err(Status::from),
         };
         observe(&self.replica, "remove_members", result)

@@ -29,6 +29,7 @@ use crate::error::NodeError;
 use crate::relaxed::RelaxedTier;
 use crate::relaxed::Written;
 use crate::replica::Replica;
+use crate::service::forward;
 use crate::service::forward_failed;
 use crate::service::observe;
 
@@ -42,17 +43,6 @@ pub struct KvService {
 impl KvService {
     pub fn new(replica: Replica, relaxed: RelaxedTier) -> Self {
         KvService { replica, relaxed }
-    }
-
-    fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
-        let max = self.replica.config().limits.key_bytes_max;
-        if key.is_empty() {
-            return Err(NodeError::invalid("key must not be empty"));
-        }
-        if key.len() > max {
-            return Err(NodeError::limit("key_bytes_max", max, format_args!("key of {} bytes", key.len())));
-        }
-        Ok(())
     }
 
     fn check_value(&self, value: &[u8]) -> Result<(), NodeError> {
@@ -128,7 +118,7 @@ impl KvService {
     }
 
     async fn get_inner(&self, req: pb::GetRequest) -> Result<pb::GetResponse, NodeError> {
-        self.check_key(&req.key)?;
+        self.replica.check_key(&req.key)?;
         let (tier, _) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
             if let Some(resp) = self.relaxed_get(&req)? {
@@ -244,7 +234,7 @@ impl KvService {
     }
 
     async fn put_inner(&self, req: pb::PutRequest) -> Result<pb::PutResponse, Status> {
-        self.check_key(&req.key)?;
+        self.replica.check_key(&req.key)?;
         self.check_value(&req.value)?;
         let (tier, field) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
@@ -293,7 +283,7 @@ impl KvService {
     }
 
     async fn delete_inner(&self, req: pb::DeleteRequest) -> Result<pb::DeleteResponse, Status> {
-        self.check_key(&req.key)?;
+        self.replica.check_key(&req.key)?;
         let (tier, field) = self.route(&req.key, req.header.as_ref())?;
         if tier == Tier::Relaxed {
             if let Some(resp) = self.relaxed_delete(&req)? {
@@ -360,7 +350,7 @@ impl KvService {
         let success = req.success.iter().map(op_from_pb).collect::<Result<Vec<_>, _>>()?;
         let failure = req.failure.iter().map(op_from_pb).collect::<Result<Vec<_>, _>>()?;
         for c in &compares {
-            self.check_key(&c.key)?;
+            self.replica.check_key(&c.key)?;
             self.txn_route(&c.key, req.header.as_ref())?;
         }
         for op in success.iter().chain(&failure) {
@@ -370,7 +360,7 @@ impl KvService {
                 }
                 seam_raft_storage::TxnOp::Put { key, value, .. } => (key, Some(value)),
             };
-            self.check_key(key)?;
+            self.replica.check_key(key)?;
             if let Some(v) = value {
                 self.check_value(v)?;
             }
@@ -387,12 +377,7 @@ impl KvService {
                 results: results.iter().map(op_result_to_pb).collect(),
             }),
             Ok(other) => Err(NodeError::Internal(format!("txn answered {other:?}")).into()),
-            Err(NodeError::NotLeader { .. }) => {
-                let channel = self.replica.forward_channel(req.header.as_ref())?;
-                let mut req = req;
-                req.header.get_or_insert_with(Default::default).forwarded = true;
-                KvClient::new(channel).txn(req).await.map(Response::into_inner).map_err(forward_failed)
-            }
+            Err(NodeError::NotLeader { .. }) => forward!(self.replica, KvClient, txn, req),
             Err(e) => {
                 self.count_fenced(&e, req.header.as_ref());
                 Err(e.into())

@@ -19,7 +19,7 @@ use crate::convert::idempotency;
 use crate::convert::lease_to_pb;
 use crate::error::NodeError;
 use crate::replica::Replica;
-use crate::service::forward_failed;
+use crate::service::forward;
 use crate::service::observe;
 
 /// Leases one `List` returns at most.
@@ -34,17 +34,6 @@ pub struct LeaseService {
 impl LeaseService {
     pub fn new(replica: Replica) -> Self {
         LeaseService { replica }
-    }
-
-    fn check_key(&self, key: &[u8]) -> Result<(), NodeError> {
-        let max = self.replica.config().limits.key_bytes_max;
-        if key.is_empty() {
-            return Err(NodeError::invalid("key must not be empty"));
-        }
-        if key.len() > max {
-            return Err(NodeError::limit("key_bytes_max", max, format_args!("key of {} bytes", key.len())));
-        }
-        Ok(())
     }
 
     /// Proposes a lease command and counts the event (or the refusal) by region.
@@ -88,18 +77,7 @@ impl LeaseService {
 macro_rules! forward_on_not_leader {
     ($self:ident, $req:ident, $result:expr, $method:ident) => {
         match $result {
-            Err(NodeError::NotLeader { .. }) => match $self.replica.forward_channel($req.header.as_ref()) {
-                Ok(channel) => {
-                    let mut req = $req;
-                    req.header.get_or_insert_with(Default::default).forwarded = true;
-                    LeaseClient::new(channel)
-                        .$method(req)
-                        .await
-                        .map(Response::into_inner)
-                        .map_err(forward_failed)
-                }
-                Err(e) => Err(e.into()),
-            },
+            Err(NodeError::NotLeader { .. }) => forward!($self.replica, LeaseClient, $method, $req),
             other => other.map_err(Status::from),
         }
     };
@@ -110,7 +88,7 @@ impl Lease for LeaseService {
     async fn acquire(&self, req: Request<pb::AcquireRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let _permit = self.replica.admit()?;
         let req = req.into_inner();
-        let result = match self.check_key(&req.key) {
+        let result = match self.replica.check_key(&req.key) {
             Ok(()) => {
                 let command = Command::LeaseAcquire {
                     key: req.key.clone(),
@@ -130,7 +108,7 @@ impl Lease for LeaseService {
         let _permit = self.replica.admit()?;
         let req = req.into_inner();
         let region = req.header.as_ref().map(|h| h.region.clone()).unwrap_or_default();
-        let result = match self.check_key(&req.key) {
+        let result = match self.replica.check_key(&req.key) {
             Ok(()) => {
                 let command = Command::LeaseRenew { key: req.key.clone(), token: req.token };
                 self.run("renew", &region, command, req.header.as_ref()).await
@@ -144,8 +122,16 @@ impl Lease for LeaseService {
     async fn release(&self, req: Request<pb::ReleaseRequest>) -> Result<Response<pb::LeaseResponse>, Status> {
         let _permit = self.replica.admit()?;
         let req = req.into_inner();
-        let region = req.header.as_ref().map(|h| h.region.clone()).unwrap_or_default();
-        let result = match self.check_key(&req.key) {
+        // Count the release under the lease's region (the reply carries no lease); the
+        // caller's region if this node does not see the lease.
+        let region = {
+            let state = self.replica.state().read();
+            match state.lease(&req.key, state.now_ms()) {
+                Some(lease) if lease.token == req.token => lease.region.clone(),
+                _ => req.header.as_ref().map(|h| h.region.clone()).unwrap_or_default(),
+            }
+        };
+        let result = match self.replica.check_key(&req.key) {
             Ok(()) => {
                 let command = Command::LeaseRelease { key: req.key.clone(), token: req.token };
                 self.run("release", &region, command, req.header.as_ref()).await
@@ -162,7 +148,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let _permit = self.replica.admit()?;
         let req = req.into_inner();
-        let result = match self.check_key(&req.key) {
+        let result = match self.replica.check_key(&req.key) {
             Ok(()) => {
                 let command = Command::LeaseTransfer {
                     key: req.key.clone(),

@@ -48,6 +48,27 @@ pub fn outcome_name(status: &Status) -> &'static str {
     }
 }
 
+/// Forwards `$req` to the leader with `$client::new(channel).$method(..)`, marked as
+/// forwarded so the leader never forwards it again. A status the leader produced passes
+/// through; a transport failure on the way is indeterminate (see [`forward_failed`]).
+macro_rules! forward {
+    ($replica:expr, $client:ident, $method:ident, $req:expr) => {{
+        let mut req = $req;
+        match $replica.forward_channel(req.header.as_ref()) {
+            Ok(channel) => {
+                req.header.get_or_insert_with(Default::default).forwarded = true;
+                $client::new(channel)
+                    .$method(req)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err($crate::service::forward_failed)
+            }
+            Err(e) => Err(tonic::Status::from(e)),
+        }
+    }};
+}
+pub(crate) use forward;
+
 /// The status to answer when forwarding a mutation to the leader failed. A status the
 /// leader produced (it carries a detail) passes through; a transport failure after the
 /// request may have left this node is indeterminate.

@@ -48,7 +48,7 @@ use crate::error::NodeError;
 use crate::relaxed::hlc::Hlc;
 use crate::relaxed::RelaxedTier;
 use crate::replica::Replica;
-use crate::service::forward_failed;
+use crate::service::forward;
 use crate::service::observe;
 
 /// How often the leader polls members while waiting for a change to propagate.
@@ -86,17 +86,6 @@ impl PolicyService {
             return Err(NodeError::limit("key_bytes_max", max, "field prefix"));
         }
         Ok(())
-    }
-
-    /// `Some(channel)` when this node is not the leader and must forward.
-    fn leader_channel(
-        &self,
-        header: Option<&pb::RequestHeader>,
-    ) -> Result<Option<tonic::transport::Channel>, NodeError> {
-        if self.replica.is_leader() {
-            return Ok(None);
-        }
-        self.replica.forward_channel(header).map(Some)
     }
 
     /// A retry of a request that already completed gets the original result.
@@ -342,14 +331,8 @@ impl PolicyService {
         req: pb::SetPolicyRequest,
         started: Instant,
     ) -> Result<pb::PolicyResponse, Status> {
-        if let Some(channel) = self.leader_channel(req.header.as_ref())? {
-            let mut req = req;
-            req.header.get_or_insert_with(Default::default).forwarded = true;
-            return PolicyClient::new(channel)
-                .set(req)
-                .await
-                .map(Response::into_inner)
-                .map_err(forward_failed);
+        if !self.replica.is_leader() {
+            return forward!(self.replica, PolicyClient, set, req);
         }
         let idem = idempotency(req.header.as_ref())?;
         let fp = req.policy.as_ref().ok_or_else(|| NodeError::invalid("SetPolicy needs a policy"))?;
@@ -370,14 +353,8 @@ impl PolicyService {
         req: pb::DemoteRequest,
         started: Instant,
     ) -> Result<pb::PolicyResponse, Status> {
-        if let Some(channel) = self.leader_channel(req.header.as_ref())? {
-            let mut req = req;
-            req.header.get_or_insert_with(Default::default).forwarded = true;
-            return PolicyClient::new(channel)
-                .demote(req)
-                .await
-                .map(Response::into_inner)
-                .map_err(forward_failed);
+        if !self.replica.is_leader() {
+            return forward!(self.replica, PolicyClient, demote, req);
         }
         let idem = idempotency(req.header.as_ref())?;
         self.check_prefix(&req.prefix)?;
@@ -410,14 +387,8 @@ impl PolicyService {
         req: pb::PromoteRequest,
         started: Instant,
     ) -> Result<pb::PolicyResponse, Status> {
-        if let Some(channel) = self.leader_channel(req.header.as_ref())? {
-            let mut req = req;
-            req.header.get_or_insert_with(Default::default).forwarded = true;
-            return PolicyClient::new(channel)
-                .promote(req)
-                .await
-                .map(Response::into_inner)
-                .map_err(forward_failed);
+        if !self.replica.is_leader() {
+            return forward!(self.replica, PolicyClient, promote, req);
         }
         let idem = idempotency(req.header.as_ref())?;
         self.check_prefix(&req.prefix)?;
@@ -433,14 +404,8 @@ impl PolicyService {
         req: pb::RevertRequest,
         started: Instant,
     ) -> Result<pb::PolicyResponse, Status> {
-        if let Some(channel) = self.leader_channel(req.header.as_ref())? {
-            let mut req = req;
-            req.header.get_or_insert_with(Default::default).forwarded = true;
-            return PolicyClient::new(channel)
-                .revert(req)
-                .await
-                .map(Response::into_inner)
-                .map_err(forward_failed);
+        if !self.replica.is_leader() {
+            return forward!(self.replica, PolicyClient, revert, req);
         }
         let idem = idempotency(req.header.as_ref())?;
         self.check_prefix(&req.prefix)?;
