@@ -472,7 +472,7 @@ pub async fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
             .then(|| RelaxedConfig { budget_ms: options.budget_ms, skew_ms: options.skew_allowance_ms() }),
     };
     let result = check_history(options.workload, &ops, &config).map_err(|e| fail("checking", e))?;
-    let harness = harness_result(options.workload, &ops, &crashes_during, unidentified)?;
+    let harness = harness_result(options.workload, &ops, &crashes_during, unidentified, &recovered)?;
     let info = RunInfo {
         nemeses: options.nemeses.iter().map(|k| k.as_str().to_string()).collect(),
         seed: Some(options.seed),
@@ -542,14 +542,16 @@ fn required_ok(workload: Workload) -> &'static [&'static str] {
 
 /// The harness's own verdict on the run, reported next to the checker's: Unknown when
 /// the run tested nothing (no operation of a kind the checker needs ever succeeded:
-/// every checker is vacuously valid on such a history), or when proxies could not tell
-/// node connections from client ones (partitions may have leaked). Counts crashes and
-/// unidentified connections.
+/// every checker is vacuously valid on such a history), when proxies could not tell
+/// node connections from client ones (partitions may have leaked), or when the cluster
+/// did not recover after the faults were healed (a liveness failure the checkers cannot
+/// see). Counts crashes and unidentified connections.
 fn harness_result(
     workload: Workload,
     ops: &[Op],
     crashes: &[Exit],
     unidentified: u64,
+    recovered: &Result<(), String>,
 ) -> Result<CheckResult, RunError> {
     let operations = pair(ops).map_err(|e| fail("pairing the history", e))?;
     let refs: Vec<&crate::history::Operation> = operations.iter().collect();
@@ -567,6 +569,11 @@ fn harness_result(
     if unidentified > 0 {
         reasons.push(format!(
             "{unidentified} proxy connection(s) came from no known process; partitions may have leaked"
+        ));
+    }
+    if let Err(e) = recovered {
+        reasons.push(format!(
+            "the cluster did not recover within {RECOVER_MS_MAX} ms after every fault was healed: {e}"
         ));
     }
     let valid =
