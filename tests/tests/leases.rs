@@ -533,10 +533,14 @@ async fn lease_events_are_counted_per_region() {
 async fn a_guard_renews_in_the_background_and_reports_a_takeover_at_once() {
     let cluster = TestCluster::start(3).await;
     cluster.leader(ELECTION).await;
-    let client = cluster.client().await;
-    // A ttl close to the default skew margin (500 ms): the guard must renew well inside the
-    // 200 ms it may count on, not every ttl / 3.
-    let ttl = Duration::from_millis(700);
+    // A skew margin that leaves the guard a third of its ttl to count on: it must renew at
+    // least twice in that third, not every ttl / 3 (which would reach its own deadline
+    // before the first renewal).
+    let mut config = ClientConfig::new(cluster.endpoints()).with_region("region-1");
+    config.lease_skew_margin_ms = 2000;
+    config.request_timeout_ms = 4000;
+    let client = seam_tests::connect(config).await;
+    let ttl = Duration::from_millis(3000);
     let guard = client.leases().guard("job/guarded", "worker-1", ttl).await.expect("guard");
     let token = guard.token();
     let held_until = Instant::now() + Duration::from_secs(3);
