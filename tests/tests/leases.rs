@@ -16,6 +16,7 @@ use seam_client::Client;
 use seam_client::ClientConfig;
 use seam_client::Cmp;
 use seam_client::CmpOp;
+use seam_client::DeleteOptions;
 use seam_client::Error;
 use seam_client::LeaseInfo;
 use seam_client::LeaseLost;
@@ -171,6 +172,8 @@ async fn transfer_and_release_fence_the_old_token() {
     assert_eq!(eu.leases().renew("job/move", a.token).await.map(|_| ()), fenced);
     assert_eq!(eu.leases().release("job/move", a.token).await, fenced);
     assert_eq!(eu.leases().transfer("job/move", a.token, "mallory", "region-3").await.map(|_| ()), fenced);
+    let stale_delete = DeleteOptions { token: Some(a.token), ..Default::default() };
+    assert_eq!(eu.delete_with("job/move", stale_delete).await.map(|_| ()), fenced);
     put_fenced(&us, "job/move", "bob-1", b.token).await.expect("bob writes");
     let in_us = us.leases().list("job/", Some("region-2"), 0).await.expect("list by region");
     assert_eq!(in_us.leases.iter().map(|l| l.token).collect::<Vec<_>>(), [b.token]);
