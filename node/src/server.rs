@@ -39,6 +39,11 @@ use crate::service::policy::PolicyService;
 use crate::service::raft::RaftService;
 use crate::service::relaxed::RelaxedService;
 
+/// How often, and how many times at most, shutdown checks that the storage was closed
+/// (10 s in all).
+const STORAGE_CLOSE_POLL_MS: u64 = 20;
+const STORAGE_CLOSE_POLLS_MAX: u32 = 500;
+
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -92,7 +97,16 @@ impl NodeHandle {
                 Err(e) => return Err(ServerError::Serve(e.to_string())),
             }
         }
-        Ok(())
+        // openraft's tasks drop the storage a moment after `shutdown` returns; return only
+        // once the data directory is closed, so a restart in place can open it.
+        let dir = self.replica.config().data_dir.clone();
+        for _ in 0..STORAGE_CLOSE_POLLS_MAX {
+            if seam_raft_storage::is_released(&dir) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(STORAGE_CLOSE_POLL_MS)).await;
+        }
+        Err(ServerError::Serve(format!("the data directory {} was still open after shutdown", dir.display())))
     }
 }
 

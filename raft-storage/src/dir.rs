@@ -272,6 +272,19 @@ impl DirLock {
     }
 }
 
+/// Whether no store has `dir` open any more (its `LOCK` can be taken). A store is closed
+/// when openraft's tasks drop it, which can be a moment after `Raft::shutdown` returns;
+/// callers that reopen the directory at once (a restart in place) wait for this first.
+pub fn is_released(dir: &Path) -> bool {
+    match DirLock::acquire(dir) {
+        Ok(lock) => {
+            drop(lock);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// fsyncs a directory, making the creation, renaming and removal of its entries durable.
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -35,6 +35,7 @@ pub mod types;
 mod wal;
 
 pub use config::StorageConfig;
+pub use dir::is_released;
 pub use dir::open;
 pub use dir::FORMAT_VERSION;
 pub use error::StorageOpenError;
