@@ -76,7 +76,7 @@ pub(crate) struct Inner {
     pub(crate) offline_wake: Arc<Notify>,
     refresh_wake: Arc<Notify>,
     /// Serializes refreshes (the background one and a first operation's), and remembers
-    /// when a refresh last failed, so operations do not each retry a load that just failed.
+    /// when a refresh last failed to load the policy table, so operations do not each retry it.
     refresh_lock: tokio::sync::Mutex<Option<Instant>>,
     /// The policy table has been loaded from the cluster at least once.
     loaded: AtomicBool,
@@ -537,11 +537,12 @@ impl Inner {
     pub(crate) async fn refresh(&self) -> Result<(), Error> {
         let mut last_failure = self.refresh_lock.lock().await;
         let result = self.refresh_locked().await;
-        *last_failure = result.is_err().then(Instant::now);
-        result
+        *last_failure = (!matches!(result, Ok(true))).then(Instant::now);
+        result.map(|_| ())
     }
 
-    async fn refresh_locked(&self) -> Result<(), Error> {
+    /// Returns whether the policy table was loaded.
+    async fn refresh_locked(&self) -> Result<bool, Error> {
         self.refresh_members().await?;
         self.learn_regions().await;
         let id = self.next_request_id();
@@ -556,12 +557,13 @@ impl Inner {
             Ok(list) => {
                 self.set_policies(list.policies.into_iter().map(Policy::from_proto).collect());
                 self.loaded.store(true, Ordering::Release);
+                Ok(true)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "seam client: policy list failed; keeping the cached table")
+                tracing::debug!(error = %e, "seam client: policy list failed; keeping the cached table");
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// Before the first operation is routed: loads the members (with their regions) and
@@ -585,7 +587,7 @@ impl Inner {
         if let Err(e) = &result {
             tracing::debug!(error = %e, "seam client: first load failed; routing by what is known");
         }
-        *last_failure = result.is_err().then(Instant::now);
+        *last_failure = (!matches!(result, Ok(true))).then(Instant::now);
     }
 
     /// Asks every member whose region is unknown (the membership has none for members

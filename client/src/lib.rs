@@ -30,15 +30,19 @@
 //! it only to *route*: sacred operations go to the leader, relaxed ones to a node in the
 //! client's region. The node serves by the real policy, so a stale cache costs at most one
 //! hop; every response names the tier that served it ([`Meta::tier`]) and a surprise
-//! triggers a refresh. A caller who must not be surprised pins `require`
+//! triggers a refresh. A client made with [`Client::new`] loads the table (and the members)
+//! before routing its first `get`, `put` or `delete`, so even a one-shot client (the CLI)
+//! sends its first relaxed operation to its own region. A caller who must not be surprised pins `require`
 //! ([`GetOptions::require`]) and gets [`Error::WrongTier`] naming the field instead.
 //!
 //! # Finding the leader
 //!
-//! Any endpoint will do. The client learns the members (with their regions) and the leader
-//! from `Cluster.Status` and from every response header, follows `NotLeader` redirects (up
-//! to [`REDIRECTS_MAX`](config::REDIRECTS_MAX) per request without spending a retry), and
-//! moves on to another node when one does not answer.
+//! Any endpoint will do. The client learns the members and the leader from `Cluster.Status`
+//! and from every response header. A member's region is taken from the node itself (its
+//! response headers, or its own `Cluster.Status`, asked at each refresh while unknown): the
+//! membership has no region for members bootstrapped without `@REGION`. The client follows
+//! `NotLeader` redirects (up to [`REDIRECTS_MAX`](config::REDIRECTS_MAX) per request
+//! without spending a retry), and moves on to another node when one does not answer.
 //!
 //! # Outcomes, retries, idempotency
 //!
@@ -61,7 +65,10 @@
 //! The client reads its own relaxed writes even when its next read lands on a node the
 //! write has not reached: it remembers its last write per key with the write's HLC (at most
 //! `session_keys_max` keys, oldest forgotten first) and never returns an older value than
-//! that write ([`GetResult::from_session`] says when it answered from memory).
+//! that write ([`GetResult::from_session`] says when it answered from memory). Its writes of
+//! one key also stay in the order it made them when consecutive ones land on different
+//! nodes: a relaxed write stamped at or below the client's own earlier write of the key is
+//! sent again (bounded; see `docs/sdk.md`).
 //!
 //! When no node is reachable, relaxed writes wait in a bounded, ordered offline queue
 //! (`offline_queue_count_max`, `offline_queue_bytes_max`; past either,
@@ -85,6 +92,11 @@
 //! [`POLICIES_MAX`](client::POLICIES_MAX), [`OFFLINE_REJECTIONS_MAX`](offline::OFFLINE_REJECTIONS_MAX).
 
 #![warn(missing_docs)]
+
+// docs/sdk.md's example is compiled (not run) with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/sdk.md")]
+pub struct SdkGuide;
 
 pub mod admin;
 pub mod backoff;
