@@ -503,7 +503,8 @@ impl Client {
         }
         let route = if relaxed { Route::Local } else { Route::Leader };
         match inner.send_write(&op, id, require, route).await {
-            Ok(sent) => {
+            Ok(Sending::OutOfOrder(e)) => Err(e),
+            Ok(Sending::Sent(sent)) => {
                 let meta = Meta::from_proto(sent.header.as_ref());
                 inner.note_tier(predicted, meta.tier);
                 if meta.tier == Some(Tier::Relaxed) {
@@ -682,33 +683,39 @@ impl Inner {
     /// Sends a put or delete. A relaxed answer whose timestamp does not order the write
     /// after this client's earlier writes of the key (see the session module) is sent again
     /// as a new request after waiting out the gap, at most [`RESTAMPS_MAX`] times; past that
-    /// the write fails with [`Error::Conflict`].
+    /// the result is [`Sending::OutOfOrder`].
     pub(crate) async fn send_write(
         &self,
         op: &QueuedOp,
         request_id: u64,
         require: Option<Tier>,
         route: Route,
-    ) -> Result<Sent, Error> {
+    ) -> Result<Sending, Error> {
         let mut request_id = request_id;
         let mut restamps = 0;
         loop {
             let floor = lock(&self.session).floor(op.key());
             let sent = self.send_write_once(op, request_id, require, route.clone()).await?;
             let relaxed = Meta::from_proto(sent.header.as_ref()).tier == Some(Tier::Relaxed);
-            let (Some(floor), Some(hlc), true) = (floor, sent.hlc, relaxed) else { return Ok(sent) };
+            let (Some(floor), Some(hlc), true) = (floor, sent.hlc, relaxed) else {
+                return Ok(Sending::Sent(sent));
+            };
             if hlc > floor {
-                return Ok(sent);
+                return Ok(Sending::Sent(sent));
             }
             if restamps >= RESTAMPS_MAX {
-                return Err(Error::Conflict {
-                    message: format!(
-                        "the write of {:?} was stamped {hlc}, not after this client's earlier write of the \
-                         key ({floor}): the nodes' clocks differ by more than {RESTAMP_WAIT_MS_MAX} ms; \
-                         the earlier write wins",
-                        String::from_utf8_lossy(op.key())
+                // Applied on one node, so readers there may see it until replication brings
+                // the earlier write, which wins everywhere: the effect is not "certainly
+                // not applied", and it will not last. Indeterminate.
+                return Ok(Sending::OutOfOrder(Error::Indeterminate {
+                    reason: format!(
+                        "the relaxed write of {:?} was stamped {hlc} by node {}, not after this client's \
+                         earlier write of the key ({floor}): the nodes' clocks differ by more than \
+                         {RESTAMP_WAIT_MS_MAX} ms, and the earlier write wins last-writer-wins",
+                        String::from_utf8_lossy(op.key()),
+                        hlc.node
                     ),
-                });
+                }));
             }
             let gap_ms = floor.physical_ms.saturating_sub(hlc.physical_ms).saturating_add(1);
             tracing::debug!(%hlc, %floor, gap_ms, "seam client: relaxed write stamped before our own earlier one; sending it again");
@@ -717,6 +724,15 @@ impl Inner {
             request_id = self.next_request_id();
         }
     }
+}
+
+/// What [`Inner::send_write`] came to.
+pub(crate) enum Sending {
+    /// Applied, and (relaxed) ordered after the client's earlier writes of the key.
+    Sent(Sent),
+    /// Applied on one node but stamped before the client's own earlier write of the key even
+    /// after [`RESTAMPS_MAX`] re-sends: it will lose last-writer-wins. The error says so.
+    OutOfOrder(Error),
 }
 
 fn own_value(op: &QueuedOp) -> Option<Vec<u8>> {

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use crate::backoff::backoff;
 use crate::client::{lock, Inner, Route};
 use crate::error::Error;
+use crate::kv::Sending;
 use crate::types::{Hlc, Tier};
 
 /// Bytes counted per queued write on top of its key and value (ids, options, bookkeeping).
@@ -31,14 +32,17 @@ pub const QUEUED_ENTRY_OVERHEAD_BYTES: usize = 64;
 /// at the limit the oldest report is dropped.
 pub const OFFLINE_REJECTIONS_MAX: usize = 64;
 
-/// A queued write that the cluster refused when it was finally sent.
+/// A queued write that the cluster refused when it was finally sent (definitely not
+/// applied), or, rarely, that was applied but stamped before the client's own earlier write
+/// of the key even after re-sending (an indeterminate error saying so: the earlier write
+/// wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfflineRejection {
     /// The key written.
     pub key: Vec<u8>,
     /// The write's request id.
     pub request_id: u64,
-    /// Why it was refused (definite: it was not applied).
+    /// Why it was refused.
     pub error: Error,
 }
 
@@ -134,12 +138,30 @@ impl OfflineQueue {
     }
 }
 
+/// What sending the front of the queue came to.
+enum Drained {
+    /// Applied, with this timestamp (relaxed).
+    Applied(Option<Hlc>),
+    /// Not applied, or unsure: keep it at the front and try again after a backoff.
+    Keep,
+    /// Refused (definitely not applied), or applied out of order: drop and report it.
+    Refused(Error),
+}
+
 impl Inner {
     /// Sends one queued write (bounded retries, same request id; ordered after the
-    /// client's earlier writes of the key). Returns its HLC.
-    async fn send_queued(&self, item: &Queued) -> Result<Option<Hlc>, Error> {
-        let sent = self.send_write(&item.op, item.request_id, item.require, Route::Local).await?;
-        Ok(sent.hlc)
+    /// client's earlier writes of the key).
+    async fn send_queued(&self, item: &Queued) -> Drained {
+        match self.send_write(&item.op, item.request_id, item.require, Route::Local).await {
+            Ok(Sending::Sent(sent)) => Drained::Applied(sent.hlc),
+            Ok(Sending::OutOfOrder(e)) => Drained::Refused(e),
+            Err(e)
+                if e.is_retryable() || e.is_indeterminate() && !matches!(e, Error::DedupExpired { .. }) =>
+            {
+                Drained::Keep
+            }
+            Err(e) => Drained::Refused(e),
+        }
     }
 }
 
@@ -162,34 +184,30 @@ pub(crate) fn spawn_drainer(inner: Weak<Inner>, wake: Arc<Notify>) {
                 wake.notified().await;
                 continue;
             };
-            let result = match inner.upgrade() {
+            let done = match inner.upgrade() {
                 None => return,
-                Some(inner) => {
-                    let result = inner.send_queued(&item).await;
-                    match &result {
-                        Ok(hlc) => {
-                            lock(&inner.offline).pop(item.request_id);
-                            lock(&inner.session).applied(item.op.key(), item.request_id, *hlc);
-                        }
-                        Err(e)
-                            if e.is_retryable()
-                                || e.is_indeterminate() && !matches!(e, Error::DedupExpired { .. }) => {}
-                        Err(e) => {
-                            let mut queue = lock(&inner.offline);
-                            queue.pop(item.request_id);
-                            queue.reject(OfflineRejection {
-                                key: item.op.key().to_vec(),
-                                request_id: item.request_id,
-                                error: e.clone(),
-                            });
-                            lock(&inner.session).forget(item.op.key());
-                            tracing::warn!(request_id = item.request_id, error = %e, "seam client: queued relaxed write refused");
-                        }
+                Some(inner) => match inner.send_queued(&item).await {
+                    Drained::Applied(hlc) => {
+                        lock(&inner.offline).pop(item.request_id);
+                        lock(&inner.session).applied(item.op.key(), item.request_id, hlc);
+                        true
                     }
-                    result
-                }
+                    Drained::Keep => false,
+                    Drained::Refused(e) => {
+                        let mut queue = lock(&inner.offline);
+                        queue.pop(item.request_id);
+                        tracing::warn!(request_id = item.request_id, error = %e, "seam client: queued relaxed write refused");
+                        queue.reject(OfflineRejection {
+                            key: item.op.key().to_vec(),
+                            request_id: item.request_id,
+                            error: e,
+                        });
+                        lock(&inner.session).forget(item.op.key());
+                        true
+                    }
+                },
             };
-            if result.is_ok() {
+            if done {
                 attempt = 0;
             } else {
                 // Still unreachable (or unsure): back off, capped, then try the same write

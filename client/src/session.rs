@@ -29,8 +29,8 @@ use crate::types::Hlc;
 
 /// Times a relaxed write is sent again because its timestamp did not order it after the
 /// client's own earlier write of the key. Past it the write fails with
-/// [`Error::Conflict`](crate::Error::Conflict) (the nodes' clocks differ by more than the
-/// waits cover).
+/// [`Error::Indeterminate`](crate::Error::Indeterminate) saying so (the nodes' clocks differ
+/// by more than the waits cover): it was applied on one node, but the earlier write wins.
 pub const RESTAMPS_MAX: u32 = 3;
 
 /// Longest wait before one such re-send, ms (the gap between the two timestamps' physical

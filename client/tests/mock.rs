@@ -857,3 +857,36 @@ async fn a_fresh_client_learns_regions_the_membership_lacks_before_its_first_rel
     let regions: Vec<(u64, String)> = client.members().into_iter().map(|m| (m.id, m.region)).collect();
     assert_eq!(regions, vec![(1, "eu".to_string()), (2, "us".to_string())], "learned from each node");
 }
+
+#[tokio::test]
+async fn a_relaxed_write_stamped_before_the_clients_own_earlier_write_is_sent_again() {
+    // The mock stamps puts 100 ms apart from `hlc_ms`; moving it back plays a node whose
+    // clock is behind the one that took the client's previous write of the key.
+    let (node, _r) = start(1, "eu").await;
+    node.script().policies = vec![relaxed("cart/")];
+    let client = Client::connect(config(&[&node.addr])).await.expect("connect");
+    let stamp = |w: &Written| w.info().and_then(|i| i.hlc).map(|h| h.physical_ms);
+    let calls_with = |value: &str| -> Vec<u64> {
+        node.log().put_calls.iter().filter(|c| c.3 == value.as_bytes()).map(|c| c.1).collect()
+    };
+
+    node.log().hlc_ms = 300;
+    let first = client.put("cart/a", "1").await.expect("put");
+    assert_eq!(stamp(&first), Some(400));
+
+    // Stamped 300, then 400 (not after 400 either), then 500: sent three times.
+    node.log().hlc_ms = 200;
+    let second = client.put("cart/a", "2").await.expect("re-sent until ordered");
+    assert_eq!(stamp(&second), Some(500), "ordered after the first write");
+    let ids = calls_with("2");
+    assert_eq!(ids.len(), 3, "two re-sends");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "each re-send is a new request: {ids:?}");
+
+    // Clocks too far apart: 100, 200, 300, 400 are all below 500. After RESTAMPS_MAX
+    // re-sends the outcome is indeterminate (applied on one node, but it will lose).
+    node.log().hlc_ms = 0;
+    let err = client.put("cart/a", "3").await.expect_err("still out of order");
+    assert!(err.is_indeterminate(), "{err:?}");
+    assert!(err.to_string().contains("earlier write wins"), "{err}");
+    assert_eq!(calls_with("3").len(), 4, "1 + RESTAMPS_MAX sends");
+}
