@@ -50,8 +50,11 @@ pub const FAULT_MS_MIN: u64 = 1_000;
 pub const SKEW_MS_MAX: u64 = 20_000;
 /// Longest one membership call may take.
 pub const MEMBER_CALL_MS_MAX: u64 = 15_000;
-/// Attempts to restore a removed member at heal time.
-pub const MEMBER_RESTORE_ATTEMPTS_MAX: u32 = 10;
+/// How long restoring a removed member may keep trying: removing the leader leaves the
+/// cluster leaderless for several seconds, during which no membership change can start.
+pub const MEMBER_RESTORE_MS_MAX: u64 = 60_000;
+/// Pause between attempts to restore a member.
+pub const MEMBER_RESTORE_RETRY_MS: u64 = 500;
 /// Most steps a schedule holds (a day-long run at the shortest spacing stays below it).
 pub const STEPS_MAX: usize = 100_000;
 
@@ -429,6 +432,12 @@ impl Env {
                 Some(Active::Skew(*node, value))
             }
             Fault::Member { node } => {
+                // Removing a second node would leave no majority: only remove from a full
+                // cluster (a previous restore may still be pending).
+                if self.membership_full().await != Some(true) {
+                    self.error("start-member", "the membership is not full (or no leader answered); skipped");
+                    return None;
+                }
                 self.rec.nemesis("start-member", json!({"node": node}));
                 let admin = self.admin.admin();
                 let ids = [*node];
@@ -487,44 +496,58 @@ impl Env {
     async fn restore_member(&self, node: NodeId) -> Result<(), String> {
         let info = self.net.nodes.iter().find(|n| n.id == node).ok_or("no such node")?.clone();
         let admin = self.admin.admin();
-        let mut last = String::new();
-        for _ in 0..MEMBER_RESTORE_ATTEMPTS_MAX {
-            let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
-            let status = tokio::time::timeout(limit, self.admin.admin().status_all()).await;
-            let voter = match &status {
-                Ok(Ok(status)) => status
-                    .nodes
-                    .iter()
-                    .filter_map(|n| n.status.as_ref().ok())
-                    .filter(|s| s.node_id == status.leader_id.unwrap_or(0))
-                    .flat_map(|s| s.members.iter())
-                    .find(|m| m.id == node)
-                    .map(|m| m.voter),
-                _ => None,
-            };
-            let step = match voter {
-                Some(true) => return Ok(()),
-                Some(false) => tokio::time::timeout(limit, admin.promote(&[node])).await,
-                None => {
-                    let addr = info.advertise.to_string();
-                    match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region)).await {
-                        Ok(Ok(_)) => tokio::time::timeout(limit, admin.promote(&[node])).await,
-                        other => other,
+        let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
+        let mut last = String::from("no leader answered");
+        let deadline = Instant::now() + Duration::from_millis(MEMBER_RESTORE_MS_MAX);
+        while Instant::now() < deadline {
+            let step = match self.membership().await {
+                // No leader to ask (an election, or the leader just removed itself).
+                None => None,
+                Some(members) => match members.iter().find(|m| m.id == node).map(|m| m.voter) {
+                    Some(true) => return Ok(()),
+                    Some(false) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                    None => {
+                        let addr = info.advertise.to_string();
+                        match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region)).await
+                        {
+                            Ok(Ok(_)) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                            other => Some(other),
+                        }
                     }
-                }
+                },
             };
             match step {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => last = crate::workload::error_text(&e),
-                Err(_) => last = "no answer in time".into(),
+                None | Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => last = crate::workload::error_text(&e),
+                Some(Err(_)) => last = "no answer in time".into(),
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(MEMBER_RESTORE_RETRY_MS)).await;
         }
-        Err(format!("node {node} is still not a voter: {last}"))
+        Err(format!("node {node} is still not a voter after {MEMBER_RESTORE_MS_MAX} ms: {last}"))
+    }
+
+    /// The membership as the current leader reports it (`None`: no node answered as
+    /// leader).
+    async fn membership(&self) -> Option<Vec<seam_client::Member>> {
+        let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
+        let status = tokio::time::timeout(limit, self.admin.admin().status_all()).await.ok()?.ok()?;
+        let leader = status.leader_id?;
+        status
+            .nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok())
+            .find(|s| s.node_id == leader && s.role == "leader")
+            .map(|s| s.members.clone())
+    }
+
+    /// Whether every node is a voter, in the leader's view (`None`: no leader).
+    async fn membership_full(&self) -> Option<bool> {
+        let members = self.membership().await?;
+        Some(self.cluster.ids().iter().all(|id| members.iter().any(|m| m.id == *id && m.voter)))
     }
 
     /// Undoes every fault the nemesis might have left: heals the network, removes
-    /// latency and skew, resumes and restarts nodes, restores the membership.
+    /// latency and skew, resumes and restarts nodes, makes every node a voter again.
     pub async fn heal_all(&self) {
         if let Err(e) = self.net.heal() {
             self.error("heal", e);
@@ -538,6 +561,12 @@ impl Env {
                 }
             }
             let _ = self.cluster.set_skew_ms(id, 0);
+        }
+        // The member nemesis restores what it removed; this catches a restore that failed.
+        for id in self.cluster.ids() {
+            if let Err(e) = self.restore_member(id).await {
+                self.error("heal (membership)", e);
+            }
         }
     }
 }
