@@ -397,8 +397,13 @@ impl Cluster {
                 at_ms: self.started.elapsed().as_millis() as u64,
                 log_tail: log_tail(&self.log_path(id)),
             };
+            let hint = if exit.status == "exit status: 0" {
+                " (a clean shutdown: something other than the harness sent it SIGTERM or SIGINT)"
+            } else {
+                ""
+            };
             eprintln!(
-                "seam-jepsen: node {id} exited on its own ({}); see {}",
+                "seam-jepsen: node {id} exited on its own ({}){hint}; see {}",
                 exit.status,
                 self.log_path(id).display()
             );
