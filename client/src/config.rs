@@ -31,7 +31,9 @@ pub struct ClientConfig {
     /// outcome becomes indeterminate and it is retried with the same request id. Default: 5000.
     pub request_timeout_ms: u64,
     /// Retries after the first attempt of one request (redirects to a named leader do not
-    /// count, up to [`REDIRECTS_MAX`]). Past it the last error is returned. Default: 3.
+    /// count, up to [`REDIRECTS_MAX`]). Past it the last error is returned. Default: 7: with
+    /// the default backoff the waits add up to 2.6-5.2 s, enough to ride out one leader
+    /// election (a node's election timeout is 1-2 s by default).
     pub retries_max: u32,
     /// First backoff delay, ms; doubles per attempt. Default: 50.
     pub backoff_base_ms: u64,
@@ -72,7 +74,7 @@ impl Default for ClientConfig {
             client_id: None,
             connect_timeout_ms: 1_000,
             request_timeout_ms: 5_000,
-            retries_max: 3,
+            retries_max: 7,
             backoff_base_ms: 50,
             backoff_max_ms: 2_000,
             offline_queue_count_max: 1_024,
