@@ -134,12 +134,7 @@ impl Admin {
     ) -> Result<Membership, Error> {
         let inner = &self.client.inner;
         let id = inner.next_request_id();
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Write,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Write, id);
         let resp = match build(inner.header(id, None)) {
             MemberReq::Add(r) => {
                 inner

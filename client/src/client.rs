@@ -282,6 +282,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Inner {
+    /// One request's routing and retry budget: the configured `retries_max`.
+    pub(crate) fn call(&self, route: Route, effect: Effect, request_id: u64) -> Call {
+        Call { route, effect, request_id, retries_max: self.config.retries_max }
+    }
+
     pub(crate) fn next_request_id(&self) -> u64 {
         self.next_request_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -546,12 +551,7 @@ impl Inner {
         self.refresh_members().await?;
         self.learn_regions().await;
         let id = self.next_request_id();
-        let call = Call {
-            route: Route::Local,
-            effect: Effect::Read,
-            request_id: id,
-            retries_max: self.config.retries_max,
-        };
+        let call = self.call(Route::Local, Effect::Read, id);
         let req = pb::ListPoliciesRequest { header: Some(self.header(id, None)) };
         match self.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await {
             Ok(list) => {
@@ -630,12 +630,7 @@ impl Inner {
     /// Loads members and the leader from any node.
     pub(crate) async fn refresh_members(&self) -> Result<(), Error> {
         let id = self.next_request_id();
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Read,
-            request_id: id,
-            retries_max: self.config.retries_max,
-        };
+        let call = self.call(Route::Leader, Effect::Read, id);
         let status = self
             .invoke(call, pb::StatusRequest {}, |ch, r| async move { ClusterClient::new(ch).status(r).await })
             .await?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use seam_proto::v1 as pb;
 use seam_proto::v1::kv_client::KvClient;
 
-use crate::client::{lock, Call, Client, Inner, Route};
+use crate::client::{lock, Client, Inner, Route};
 use crate::error::{Effect, Error};
 use crate::offline::{Queued, QueuedOp};
 use crate::session::{Verdict, RESTAMPS_MAX, RESTAMP_WAIT_MS_MAX};
@@ -345,8 +345,7 @@ impl Client {
             key: key.clone(),
             max_staleness_ms: options.max_staleness.map(|d| d.as_millis() as u64),
         };
-        let call =
-            Call { route, effect: Effect::Read, request_id: id, retries_max: inner.config.retries_max };
+        let call = inner.call(route, Effect::Read, id);
         let resp = match inner.invoke(call, req, |ch, r| async move { KvClient::new(ch).get(r).await }).await
         {
             Ok(resp) => resp,
@@ -398,8 +397,7 @@ impl Client {
             limit: options.limit,
             max_staleness_ms: options.max_staleness.map(|d| d.as_millis() as u64),
         };
-        let call =
-            Call { route, effect: Effect::Read, request_id: id, retries_max: inner.config.retries_max };
+        let call = inner.call(route, Effect::Read, id);
         let resp = inner.invoke(call, req, |ch, r| async move { KvClient::new(ch).range(r).await }).await?;
         Ok(RangePage {
             meta: Meta::from_proto(resp.header.as_ref()),
@@ -569,12 +567,7 @@ impl Client {
             success: txn.success,
             failure: txn.failure,
         };
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Write,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Write, id);
         let resp = inner.invoke(call, req, |ch, r| async move { KvClient::new(ch).txn(r).await }).await?;
         let results = resp
             .results
@@ -648,7 +641,7 @@ impl Inner {
         route: Route,
     ) -> Result<Sent, Error> {
         let header = Some(self.header(request_id, require));
-        let call = Call { route, effect: Effect::Write, request_id, retries_max: self.config.retries_max };
+        let call = self.call(route, Effect::Write, request_id);
         match op {
             QueuedOp::Put { key, value, token, ttl_ms } => {
                 let req = pb::PutRequest {

@@ -24,7 +24,7 @@ use seam_proto::v1::lease_client::LeaseClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{Call, Client, Route};
+use crate::client::{Client, Route};
 use crate::error::{Effect, Error};
 use crate::types::LeaseInfo;
 
@@ -61,12 +61,7 @@ impl Leases {
         let inner = &self.client.inner;
         let id = inner.next_request_id();
         let req = build(inner.header(id, None));
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Write,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Write, id);
         match req {
             LeaseReq::Acquire(r) => {
                 inner.invoke(call, r, |ch, r| async move { LeaseClient::new(ch).acquire(r).await }).await
@@ -165,12 +160,7 @@ impl Leases {
             region: region.unwrap_or_default().to_string(),
             limit,
         };
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Read,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Read, id);
         let resp = inner.invoke(call, req, |ch, r| async move { LeaseClient::new(ch).list(r).await }).await?;
         Ok(LeaseList { leases: resp.leases.into_iter().map(LeaseInfo::from).collect(), now_ms: resp.now_ms })
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use seam_proto::v1 as pb;
 use seam_proto::v1::policy_client::PolicyClient;
 
-use crate::client::{Call, Client, Route};
+use crate::client::{Client, Route};
 use crate::error::{Effect, Error};
 use crate::types::{Meta, Policy, PolicyChange, PolicyOutcome};
 
@@ -40,12 +40,7 @@ impl Policies {
     ) -> Result<PolicyOutcome, Error> {
         let inner = &self.client.inner;
         let id = inner.next_request_id();
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Write,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Write, id);
         let resp = match build(inner.header(id, None)) {
             PolicyReq::Set(r) => {
                 inner.invoke(call, r, |ch, r| async move { PolicyClient::new(ch).set(r).await }).await
@@ -97,12 +92,7 @@ impl Policies {
     pub async fn list(&self) -> Result<Vec<Policy>, Error> {
         let inner = &self.client.inner;
         let id = inner.next_request_id();
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Read,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Read, id);
         let req = pb::ListPoliciesRequest { header: Some(inner.header(id, None)) };
         let resp =
             inner.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await?;
@@ -148,12 +138,7 @@ impl Policies {
     pub async fn history(&self, prefix: Option<&[u8]>) -> Result<Vec<PolicyChange>, Error> {
         let inner = &self.client.inner;
         let id = inner.next_request_id();
-        let call = Call {
-            route: Route::Leader,
-            effect: Effect::Read,
-            request_id: id,
-            retries_max: inner.config.retries_max,
-        };
+        let call = inner.call(Route::Leader, Effect::Read, id);
         let req = pb::PolicyHistoryRequest {
             header: Some(inner.header(id, None)),
             prefix: prefix.unwrap_or_default().to_vec(),
