@@ -768,5 +768,6 @@ mod tests {
         assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
         assert_eq!(prefix_end(&[b'a', 0xff]), Some(b"b".to_vec()));
         assert_eq!(prefix_end(&[0xff]), None);
+        assert_eq!(prefix_end(b""), None);
     }
 }

@@ -161,8 +161,11 @@ impl KvService {
         }
         let floor = self.replica.read_barrier(req.max_staleness_ms).await?;
         let state = self.replica.state().read();
-        let end =
-            if req.prefix { prefix_end(&req.start) } else { Some(req.end.clone()).filter(|e| !e.is_empty()) };
+        let end = if req.prefix {
+            seam_client::kv::prefix_end(&req.start)
+        } else {
+            Some(req.end.clone()).filter(|e| !e.is_empty())
+        };
         // Relaxed keys are skipped: their sacred copy is the frozen seed, not their value.
         let (page, more) = state.range(&req.start, end.as_deref(), limit);
         let next_start = if more {
@@ -386,18 +389,6 @@ impl KvService {
     }
 }
 
-/// The smallest key above every key starting with `prefix` (`None`: no such key).
-pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
@@ -428,18 +419,5 @@ impl Kv for KvService {
         let _permit = self.replica.admit()?;
         let result = self.txn_inner(req.into_inner()).await;
         observe(&self.replica, "txn", result)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::prefix_end;
-
-    #[test]
-    fn prefix_end_is_the_next_key_after_the_prefix() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
     }
 }
