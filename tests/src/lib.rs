@@ -135,6 +135,12 @@ impl TestCluster {
         self.nodes.keys().map(|id| self.addrs[id].to_string()).collect()
     }
 
+    /// Client endpoints of the running nodes other than `id` (a client that never talks to
+    /// a node the test cuts off).
+    pub fn endpoints_except(&self, id: NodeId) -> Vec<String> {
+        self.nodes.keys().filter(|n| **n != id).map(|n| self.addrs[n].to_string()).collect()
+    }
+
     pub fn node(&self, id: NodeId) -> &NodeHandle {
         self.nodes.get(&id).unwrap_or_else(|| panic!("node {id} is not running"))
     }

@@ -137,12 +137,7 @@ async fn a_lagging_follower_catches_up_from_a_snapshot() {
     let leader = cluster.leader(ELECTION).await;
     let lagging = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
     cluster.isolate(lagging);
-    let others: Vec<String> = cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != lagging)
-        .map(|id| cluster.addrs[&id].to_string())
-        .collect();
+    let others = cluster.endpoints_except(lagging);
     let mut config = seam_client::ClientConfig::new(others);
     config.request_timeout_ms = 4000;
     let client = seam_tests::connect(config).await;

@@ -262,12 +262,7 @@ async fn a_node_that_installs_a_snapshot_has_the_leases_and_tokens() {
     let leader = cluster.leader(ELECTION).await;
     let lagging = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
     cluster.isolate(lagging);
-    let others: Vec<String> = cluster
-        .running()
-        .into_iter()
-        .filter(|id| *id != lagging)
-        .map(|id| cluster.addrs[&id].to_string())
-        .collect();
+    let others = cluster.endpoints_except(lagging);
     let mut config = ClientConfig::new(others).with_region("region-1");
     config.request_timeout_ms = 4000;
     let client = seam_tests::connect(config).await;
