@@ -31,13 +31,14 @@ pub struct ClientConfig {
     /// outcome becomes indeterminate and it is retried with the same request id. Default: 5000.
     pub request_timeout_ms: u64,
     /// Retries after the first attempt of one request (redirects to a named leader do not
-    /// count, up to [`REDIRECTS_MAX`]). Past it the last error is returned. Default: 7: with
-    /// the default backoff the waits add up to 2.6-5.2 s, enough to ride out one leader
+    /// count, up to [`REDIRECTS_MAX`]). Past it the last error is returned. Default: 12: with
+    /// the default backoff the waits add up to 2.4-4.75 s, enough to ride out one leader
     /// election (a node's election timeout is 1-2 s by default).
     pub retries_max: u32,
     /// First backoff delay, ms; doubles per attempt. Default: 50.
     pub backoff_base_ms: u64,
-    /// Largest backoff delay, ms. Default: 2000.
+    /// Largest backoff delay, ms. Default: 500 (so a client notices a new leader at most
+    /// about half a second after it is elected).
     pub backoff_max_ms: u64,
     /// Relaxed writes that may wait in the offline queue. Past it the call returns
     /// [`Error::Backpressure`]. Default: 1024.
@@ -74,9 +75,9 @@ impl Default for ClientConfig {
             client_id: None,
             connect_timeout_ms: 1_000,
             request_timeout_ms: 5_000,
-            retries_max: 7,
+            retries_max: 12,
             backoff_base_ms: 50,
-            backoff_max_ms: 2_000,
+            backoff_max_ms: 500,
             offline_queue_count_max: 1_024,
             offline_queue_bytes_max: 4 << 20,
             session_keys_max: 10_000,
