@@ -249,6 +249,38 @@ impl TestCluster {
         }
     }
 
+    /// A 3-node cluster that snapshots every 50 entries and keeps 5, with one follower cut
+    /// off: writes then compact the leader's log past that follower, so that after
+    /// [`heal_from_snapshot`](Self::heal_from_snapshot) it must install a snapshot. Returns
+    /// the cluster, the leader, the cut-off follower, and the other nodes' endpoints.
+    pub async fn start_with_lagging_follower(
+        election: Duration,
+    ) -> (TestCluster, NodeId, NodeId, Vec<String>) {
+        let cluster = TestCluster::start_with(3, |c| {
+            c.raft.snapshot_logs_since_last = 50;
+            c.raft.snapshot_logs_to_keep = 5;
+        })
+        .await;
+        let leader = cluster.leader(election).await;
+        let lagging = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
+        cluster.isolate(lagging);
+        let others = cluster.endpoints_except(lagging);
+        (cluster, leader, lagging, others)
+    }
+
+    /// Heals every cut, waits until every node applied what `leader` has, and asserts that
+    /// `lagging` installed a snapshot at or past `purged` (the log it missed is gone).
+    pub async fn heal_from_snapshot(&self, leader: NodeId, lagging: NodeId, purged: u64) {
+        self.heal();
+        let index = self.node(leader).replica.applied_index();
+        self.wait_applied(index, Duration::from_secs(30)).await;
+        let snapshot = self.node(lagging).replica.raft().metrics().borrow().snapshot;
+        assert!(
+            snapshot.is_some_and(|s| s.index >= purged),
+            "node {lagging} installed a snapshot: {snapshot:?}"
+        );
+    }
+
     /// Stops every node.
     pub async fn shutdown(mut self) {
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();

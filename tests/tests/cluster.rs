@@ -129,15 +129,7 @@ async fn a_full_restart_recovers_everything_from_disk() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_follower_catches_up_from_a_snapshot() {
-    let cluster = TestCluster::start_with(3, |c| {
-        c.raft.snapshot_logs_since_last = 50;
-        c.raft.snapshot_logs_to_keep = 5;
-    })
-    .await;
-    let leader = cluster.leader(ELECTION).await;
-    let lagging = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
-    cluster.isolate(lagging);
-    let others = cluster.endpoints_except(lagging);
+    let (cluster, leader, lagging, others) = TestCluster::start_with_lagging_follower(ELECTION).await;
     let mut config = seam_client::ClientConfig::new(others);
     config.request_timeout_ms = 4000;
     let client = seam_tests::connect(config).await;
@@ -148,15 +140,7 @@ async fn a_lagging_follower_catches_up_from_a_snapshot() {
     let purged = leader_metrics.purged.map_or(0, |l| l.index);
     assert!(purged > 0, "the leader compacted its log (purged {purged})");
 
-    cluster.heal();
-    let index = cluster.node(leader).replica.applied_index();
-    cluster.wait_applied(index, Duration::from_secs(30)).await;
-    let m = cluster.node(lagging).replica.raft().metrics().borrow().clone();
-    assert!(
-        m.snapshot.is_some_and(|s| s.index >= purged),
-        "node {lagging} installed a snapshot: {:?}",
-        m.snapshot
-    );
+    cluster.heal_from_snapshot(leader, lagging, purged).await;
     {
         let state = cluster.node(lagging).replica.state().read();
         for i in 0..300 {

@@ -254,15 +254,7 @@ async fn leases_and_tokens_survive_a_full_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_installs_a_snapshot_has_the_leases_and_tokens() {
-    let cluster = TestCluster::start_with(3, |c| {
-        c.raft.snapshot_logs_since_last = 50;
-        c.raft.snapshot_logs_to_keep = 5;
-    })
-    .await;
-    let leader = cluster.leader(ELECTION).await;
-    let lagging = cluster.running().into_iter().find(|id| *id != leader).expect("a follower");
-    cluster.isolate(lagging);
-    let others = cluster.endpoints_except(lagging);
+    let (cluster, leader, lagging, others) = TestCluster::start_with_lagging_follower(ELECTION).await;
     let mut config = ClientConfig::new(others).with_region("region-1");
     config.request_timeout_ms = 4000;
     let client = seam_tests::connect(config).await;
@@ -284,11 +276,7 @@ async fn a_node_that_installs_a_snapshot_has_the_leases_and_tokens() {
     let purged = cluster.node(leader).replica.raft().metrics().borrow().purged.map_or(0, |l| l.index);
     assert!(purged > moved.token, "the leader compacted past the grants (purged {purged})");
 
-    cluster.heal();
-    let index = cluster.node(leader).replica.applied_index();
-    cluster.wait_applied(index, Duration::from_secs(30)).await;
-    let snapshot = cluster.node(lagging).replica.raft().metrics().borrow().snapshot;
-    assert!(snapshot.is_some_and(|s| s.index >= purged), "node {lagging} installed a snapshot: {snapshot:?}");
+    cluster.heal_from_snapshot(leader, lagging, purged).await;
     {
         let on_leader = cluster.node(leader).replica.state().read();
         let on_lagging = cluster.node(lagging).replica.state().read();
