@@ -462,6 +462,30 @@ fn config(endpoints: &[&str]) -> ClientConfig {
     }
 }
 
+/// Two nodes: 1 in region "eu" (the leader, and the client's seed), 2 in "us"; `cart/` is
+/// relaxed; the membership names the regions given (empty: bootstrapped without
+/// `@REGION`). Returns the nodes, what keeps them serving, and a config for a client in
+/// "us".
+async fn eu_leads_us_follows(
+    member_regions: &[&str; 2],
+) -> (Arc<Node>, Arc<Node>, [Running; 2], ClientConfig) {
+    let (eu, running_eu) = start(1, "eu").await;
+    let (us, running_us) = start(2, "us").await;
+    let members = vec![
+        pb::Member { id: 1, addr: eu.addr.clone(), region: member_regions[0].into(), voter: true },
+        pb::Member { id: 2, addr: us.addr.clone(), region: member_regions[1].into(), voter: true },
+    ];
+    for n in [&eu, &us] {
+        let mut script = n.script();
+        script.members = members.clone();
+        script.leader = (1, eu.addr.clone());
+        script.policies = vec![relaxed("cart/")];
+    }
+    let mut cfg = config(&[&eu.addr]);
+    cfg.region = "us".into();
+    (eu, us, [running_eu, running_us], cfg)
+}
+
 fn relaxed(prefix: &str) -> pb::FieldPolicy {
     pb::FieldPolicy {
         prefix: prefix.as_bytes().to_vec(),
@@ -788,20 +812,7 @@ async fn status_all_reports_every_member_and_the_leader() {
 
 #[tokio::test]
 async fn relaxed_operations_go_to_the_clients_region_and_sacred_ones_to_the_leader() {
-    let (eu, _re) = start(1, "eu").await;
-    let (us, _ru) = start(2, "us").await;
-    let members = vec![
-        pb::Member { id: 1, addr: eu.addr.clone(), region: "eu".into(), voter: true },
-        pb::Member { id: 2, addr: us.addr.clone(), region: "us".into(), voter: true },
-    ];
-    for n in [&eu, &us] {
-        let mut script = n.script();
-        script.members = members.clone();
-        script.leader = (1, eu.addr.clone());
-        script.policies = vec![relaxed("cart/")];
-    }
-    let mut cfg = config(&[&eu.addr]);
-    cfg.region = "us".into();
+    let (eu, us, _running, cfg) = eu_leads_us_follows(&["eu", "us"]).await;
     let client = Client::connect(cfg).await.expect("connect");
 
     client.put("cart/alice", "1").await.expect("relaxed put");
@@ -834,20 +845,7 @@ async fn a_surprising_tier_refreshes_the_policy_cache() {
 async fn a_fresh_client_learns_regions_the_membership_lacks_before_its_first_relaxed_write() {
     // Members bootstrapped without `@REGION`: the membership names no regions; each node
     // knows only its own. The client's first operation comes at once (as the CLI's does).
-    let (eu, _re) = start(1, "eu").await;
-    let (us, _ru) = start(2, "us").await;
-    let members = vec![
-        pb::Member { id: 1, addr: eu.addr.clone(), region: String::new(), voter: true },
-        pb::Member { id: 2, addr: us.addr.clone(), region: String::new(), voter: true },
-    ];
-    for n in [&eu, &us] {
-        let mut script = n.script();
-        script.members = members.clone();
-        script.leader = (1, eu.addr.clone());
-        script.policies = vec![relaxed("cart/")];
-    }
-    let mut cfg = config(&[&eu.addr]);
-    cfg.region = "us".into();
+    let (eu, us, _running, cfg) = eu_leads_us_follows(&["", ""]).await;
     let client = Client::new(cfg).expect("client");
 
     let written = client.put("cart/alice", "1").await.expect("relaxed put");
