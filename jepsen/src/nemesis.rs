@@ -202,6 +202,20 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// The nemesis kind this fault belongs to (a leader partition is a partition).
+    pub fn kind(&self) -> NemesisKind {
+        match self {
+            Fault::Kill { .. } => NemesisKind::Kill,
+            Fault::Pause { .. } => NemesisKind::Pause,
+            Fault::Partition { .. } => NemesisKind::Partition,
+            Fault::Latency { .. } => NemesisKind::Latency,
+            Fault::Skew { .. } => NemesisKind::Skew,
+            Fault::Member { .. } => NemesisKind::Member,
+        }
+    }
+}
+
 /// One fault window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Step {
@@ -639,18 +653,7 @@ mod tests {
         let b = schedule(7, &kinds, 60_000, &[1, 2, 3]);
         assert_eq!(a, b);
         assert_ne!(a, schedule(8, &kinds, 60_000, &[1, 2, 3]));
-        let seen: BTreeSet<&str> = a
-            .steps
-            .iter()
-            .map(|s| match s.fault {
-                Fault::Kill { .. } => "kill",
-                Fault::Pause { .. } => "pause",
-                Fault::Partition { .. } => "partition",
-                Fault::Latency { .. } => "latency",
-                Fault::Skew { .. } => "skew",
-                Fault::Member { .. } => "member",
-            })
-            .collect();
+        let seen: BTreeSet<&str> = a.steps.iter().map(|s| s.fault.kind().as_str()).collect();
         assert_eq!(seen.len(), 6, "{a:?}");
         for pair in a.steps.windows(2) {
             assert!(pair[0].end_ms < pair[1].start_ms, "one fault at a time");

@@ -168,19 +168,8 @@ pub async fn run(options: &SuiteOptions) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nemesis::{schedule, Fault};
+    use crate::nemesis::schedule;
     use std::collections::BTreeSet;
-
-    fn kind(fault: &Fault) -> &'static str {
-        match fault {
-            Fault::Kill { .. } => "kill",
-            Fault::Pause { .. } => "pause",
-            Fault::Partition { .. } => "partition",
-            Fault::Latency { .. } => "latency",
-            Fault::Skew { .. } => "skew",
-            Fault::Member { .. } => "member",
-        }
-    }
 
     #[test]
     fn the_short_suite_exercises_every_workload_nemesis_and_control() {
@@ -192,7 +181,7 @@ mod tests {
             controls.extend(case.control);
             let kinds = NemesisKind::parse_list(case.nemeses).expect("valid nemeses");
             let plan = schedule(1, &kinds, case.duration_s * 1_000, &[1, 2, 3]);
-            let seen: BTreeSet<&str> = plan.steps.iter().map(|s| kind(&s.fault)).collect();
+            let seen: BTreeSet<&str> = plan.steps.iter().map(|s| s.fault.kind().as_str()).collect();
             for k in &kinds {
                 let name = if *k == NemesisKind::PartitionLeader { "partition" } else { k.as_str() };
                 assert!(
