@@ -237,27 +237,18 @@ fn nodes_refuse_bad_config_and_foreign_data() {
     let dir = tempfile::tempdir().expect("temp dir");
     let run = |args: &[&str]| Command::new(SEAM).arg("node").args(args).output().expect("seam node runs");
 
-    let out = run(&["--id", "0"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("id"), "{}", String::from_utf8_lossy(&out.stderr));
-
-    let out = run(&["--id", "1", "--initial-cluster", "1=nonsense"]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("initial_cluster"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
+    // Fails to start, and says what is wrong.
+    let refused = |args: &[&str], names: &str| {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "node started with {args:?}");
+        assert!(err.contains(names), "the error for {args:?} names {names:?}: {err}");
+    };
+    refused(&["--id", "0"], "id");
+    refused(&["--id", "1", "--initial-cluster", "1=nonsense"], "initial_cluster");
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "id = 2\nbogus_field = 1\n").expect("write config");
-    let out = run(&["--config", config.to_str().expect("utf-8 path")]);
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bogus_field"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    refused(&["--config", config.to_str().expect("utf-8 path")], "bogus_field");
 
     // A data directory of node 1 is refused by node 2, naming both, and left untouched.
     let data = dir.path().join("data");
