@@ -43,6 +43,11 @@ pub const REFRESH_GAP_MS_MIN: u64 = 100;
 /// keeps trying every `policy_refresh_ms`).
 pub const LOAD_RETRY_GAP_MS: u64 = 1_000;
 
+/// Retries of each request of an operation's first load (at most `retries_max`): the load
+/// only improves routing, and the operation itself then retries with the full budget, so
+/// it does not wait out an election twice.
+pub const FIRST_LOAD_RETRIES_MAX: u32 = 2;
+
 /// A handle on a Seam cluster. Cheap to clone (an `Arc`); clones share connections, the
 /// cluster view, the policy cache, the session cache and the offline queue.
 ///
@@ -541,17 +546,17 @@ impl Inner {
     /// was, which costs at most a hop per request. One refresh runs at a time.
     pub(crate) async fn refresh(&self) -> Result<(), Error> {
         let mut last_failure = self.refresh_lock.lock().await;
-        let result = self.refresh_locked().await;
+        let result = self.refresh_locked(self.config.retries_max).await;
         *last_failure = (!matches!(result, Ok(true))).then(Instant::now);
         result.map(|_| ())
     }
 
-    /// Returns whether the policy table was loaded.
-    async fn refresh_locked(&self) -> Result<bool, Error> {
-        self.refresh_members().await?;
+    /// Returns whether the policy table was loaded. Each request retries at most `retries_max`.
+    async fn refresh_locked(&self, retries_max: u32) -> Result<bool, Error> {
+        self.load_members(retries_max).await?;
         self.learn_regions().await;
         let id = self.next_request_id();
-        let call = self.call(Route::Local, Effect::Read, id);
+        let call = Call { retries_max, ..self.call(Route::Local, Effect::Read, id) };
         let req = pb::ListPoliciesRequest { header: Some(self.header(id, None)) };
         match self.invoke(call, req, |ch, r| async move { PolicyClient::new(ch).list(r).await }).await {
             Ok(list) => {
@@ -583,7 +588,7 @@ impl Inner {
         if last_failure.is_some_and(|t| t.elapsed() < Duration::from_millis(LOAD_RETRY_GAP_MS)) {
             return;
         }
-        let result = self.refresh_locked().await;
+        let result = self.refresh_locked(self.config.retries_max.min(FIRST_LOAD_RETRIES_MAX)).await;
         if let Err(e) = &result {
             tracing::debug!(error = %e, "seam client: first load failed; routing by what is known");
         }
@@ -629,8 +634,13 @@ impl Inner {
 
     /// Loads members and the leader from any node.
     pub(crate) async fn refresh_members(&self) -> Result<(), Error> {
+        self.load_members(self.config.retries_max).await
+    }
+
+    /// [`refresh_members`](Self::refresh_members) with at most `retries_max` retries.
+    async fn load_members(&self, retries_max: u32) -> Result<(), Error> {
         let id = self.next_request_id();
-        let call = self.call(Route::Leader, Effect::Read, id);
+        let call = Call { retries_max, ..self.call(Route::Leader, Effect::Read, id) };
         let status = self
             .invoke(call, pb::StatusRequest {}, |ch, r| async move { ClusterClient::new(ch).status(r).await })
             .await?;
