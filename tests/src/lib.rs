@@ -214,6 +214,19 @@ impl TestCluster {
         self.nodes.insert(id, handle);
     }
 
+    /// Stops every node, starts them all again from their data directories, and waits for
+    /// an agreed leader.
+    pub async fn restart_all(&mut self, election: Duration) {
+        for id in self.running() {
+            self.stop(id).await;
+        }
+        let ids: Vec<NodeId> = self.configs.keys().copied().collect();
+        for id in ids {
+            self.restart(id).await;
+        }
+        self.leader(election).await;
+    }
+
     /// Cuts every link between the groups `a` and `b`, both ways.
     pub fn partition(&self, a: &[NodeId], b: &[NodeId]) {
         for x in a {

@@ -109,13 +109,7 @@ async fn a_full_restart_recovers_everything_from_disk() {
         .expect("lease")
         .token;
     drop(client);
-    for id in cluster.running() {
-        cluster.stop(id).await;
-    }
-    for id in [1, 2, 3] {
-        cluster.restart(id).await;
-    }
-    cluster.leader(ELECTION).await;
+    cluster.restart_all(ELECTION).await;
     let client = cluster.client().await;
     for i in 0..50 {
         assert_eq!(value(&client, &format!("key/{i:03}")).await, Some(format!("v{i}").into_bytes()));

@@ -214,13 +214,7 @@ async fn leases_and_tokens_survive_a_full_restart() {
         client.leases().transfer("job/moved", moved.token, "bob", "region-2").await.expect("transfer");
     drop(client);
 
-    for id in cluster.running() {
-        cluster.stop(id).await;
-    }
-    for id in [1, 2, 3] {
-        cluster.restart(id).await;
-    }
-    cluster.leader(ELECTION).await;
+    cluster.restart_all(ELECTION).await;
     let client = cluster.client().await;
 
     // The lease is back exactly as granted: same token, same expiry (state-machine time).
