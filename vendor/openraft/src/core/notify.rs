@@ -42,6 +42,17 @@ where C: RaftTypeConfig
     /// Result of executing a command sent from state machine worker.
     StateMachine { command_result: sm::CommandResult<C> },
 
+    /// The leader's own append, submitted without waiting, is durable (or failed).
+    ///
+    /// Seam's patch: the leader replicates an entry while its own fdatasync runs, and
+    /// counts itself in the quorum only when this arrives.
+    LocalLogFlushed {
+        /// The leader's vote when it appended: ignored if the vote has changed since.
+        vote: Vote<C::NodeId>,
+        /// The last log id of the append, or the storage error that failed it.
+        result: Result<crate::LogId<C::NodeId>, crate::StorageError<C::NodeId>>,
+    },
+
     /// A tick event to wake up RaftCore to check timeout etc.
     Tick {
         /// ith tick
@@ -85,6 +96,10 @@ where C: RaftTypeConfig
             Self::StateMachine { command_result } => {
                 format!("StateMachine command done: {:?}", command_result)
             }
+            Self::LocalLogFlushed { vote, result } => match result {
+                Ok(log_id) => format!("LocalLogFlushed: vote: {}, upto: {}", vote, log_id),
+                Err(e) => format!("LocalLogFlushed: vote: {}, error: {}", vote, e),
+            },
             Self::Tick { i } => {
                 format!("Tick {}", i)
             }

@@ -730,6 +730,38 @@ where
         Ok(())
     }
 
+    /// Submits the leader's own append and returns without waiting for the flush; the
+    /// flush's outcome arrives as `Notify::LocalLogFlushed` (Seam's patch).
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub(crate) async fn append_to_log_notify_flushed<I>(
+        &mut self,
+        entries: I,
+        vote: Vote<C::NodeId>,
+        last_log_id: LogId<C::NodeId>,
+    ) -> Result<(), StorageError<C::NodeId>>
+    where
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let (tx, rx) = C::AsyncRuntime::oneshot();
+        let log_io_id = LogIOId::new(vote.clone(), Some(last_log_id.clone()));
+        let callback = LogFlushed::new(log_io_id, tx);
+
+        self.log_store.append(entries, callback).await?;
+
+        let tx_notify = self.tx_notify.clone();
+        let _ = C::spawn(async move {
+            let result = match rx.await {
+                Ok(Ok(_)) => Ok(last_log_id),
+                Ok(Err(e)) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+                Err(e) => Err(StorageIOError::write_logs(AnyError::error(e)).into()),
+            };
+            // The receiver is gone only when RaftCore has stopped.
+            let _ = tx_notify.send(Notify::LocalLogFlushed { vote, result });
+        });
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     pub(crate) async fn apply_to_state_machine(
         &mut self,
@@ -1278,6 +1310,15 @@ where
                 }
             }
 
+            Notify::LocalLogFlushed { vote, result } => {
+                let log_id = result.map_err(Fatal::StorageError)?;
+                if self.does_vote_match(&vote, "LocalLogFlushed") {
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(log_id));
+                    }
+                }
+            }
+
             Notify::Tick { i } => {
                 // check every timer
 
@@ -1637,12 +1678,23 @@ where
                 let last_log_id = entries.last().unwrap().get_log_id().clone();
                 tracing::debug!("AppendInputEntries: {}", DisplaySlice::<_>(&entries),);
 
-                self.append_to_log(entries, vote, last_log_id.clone()).await?;
+                // Seam's patch: the leader's own entries are replicated while they are
+                // flushed; the leader counts itself in the quorum when the flush completes
+                // (`Notify::LocalLogFlushed`). Followers still answer only after a flush.
+                let own_leader_append = vote.is_committed()
+                    && vote.leader_id().voted_for().as_ref() == Some(&self.id)
+                    && self.engine.leader.as_ref().map(|l| &l.vote) == Some(&vote);
 
-                // The leader may have changed.
-                // But reporting to a different leader is not a problem.
-                if let Ok(mut lh) = self.engine.leader_handler() {
-                    lh.replication_handler().update_local_progress(Some(last_log_id));
+                if own_leader_append {
+                    self.append_to_log_notify_flushed(entries, vote, last_log_id).await?;
+                } else {
+                    self.append_to_log(entries, vote, last_log_id.clone()).await?;
+
+                    // The leader may have changed.
+                    // But reporting to a different leader is not a problem.
+                    if let Ok(mut lh) = self.engine.leader_handler() {
+                        lh.replication_handler().update_local_progress(Some(last_log_id));
+                    }
                 }
             }
             Command::SaveVote { vote } => {
