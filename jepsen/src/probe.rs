@@ -16,7 +16,7 @@ pub const PROBE_TIMEOUT_MS: u64 = 1_000;
 /// The fields of `/health` the harness uses.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Health {
-    /// `ok` or `degraded`.
+    /// `ok`, `degraded`, or `not-member` (the node is not in the membership it knows).
     pub status: String,
     /// The node.
     pub node_id: u64,

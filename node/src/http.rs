@@ -58,6 +58,9 @@ async fn metrics(State((replica, relaxed)): State<(Replica, RelaxedTier)>) -> im
 #[derive(Serialize)]
 pub struct Health {
     /// `ok` when the node knows a leader and has applied what it knows is committed;
+    /// `not-member` when the membership it knows (the last it appended) does not list it:
+    /// not added yet, or removed (a removed node hears from no leader, so the leader it
+    /// knew is stale);
     /// `degraded` otherwise.
     pub status: &'static str,
     pub node_id: u64,
@@ -71,13 +74,27 @@ pub struct Health {
 }
 
 async fn health(State((replica, _)): State<(Replica, RelaxedTier)>) -> impl IntoResponse {
+    let health = health_of(&replica).await;
+    let code = if health.status == "ok" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(health))
+}
+
+/// The node's health, as `/health` reports it.
+pub async fn health_of(replica: &Replica) -> Health {
     let raft = replica.raft().metrics().borrow().clone();
     let committed =
         replica.raft().with_raft_state(|s| s.committed).await.ok().flatten().map_or(0, |l| l.index);
     let applied = raft.last_applied.map_or(0, |l| l.index);
-    let ok = raft.current_leader.is_some() && applied >= committed;
-    let health = Health {
-        status: if ok { "ok" } else { "degraded" },
+    let member = raft.membership_config.membership().get_node(&replica.id()).is_some();
+    let status = if !member {
+        "not-member"
+    } else if raft.current_leader.is_some() && applied >= committed {
+        "ok"
+    } else {
+        "degraded"
+    };
+    Health {
+        status,
         node_id: replica.id(),
         region: replica.config().region.clone(),
         role: role_name(raft.state).to_string(),
@@ -86,9 +103,7 @@ async fn health(State((replica, _)): State<(Replica, RelaxedTier)>) -> impl Into
         last_log_index: raft.last_log_index.unwrap_or(0),
         commit_index: committed,
         applied_index: applied,
-    };
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(health))
+    }
 }
 
 /// The name of a Raft role as the API reports it.

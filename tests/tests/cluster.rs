@@ -196,6 +196,34 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_removes_itself_no_longer_reports_itself_healthy() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader(ELECTION).await;
+    let client = cluster.client().await;
+    assert_eq!(seam_node::http::health_of(&cluster.node(leader).replica).await.status, "ok");
+
+    // The reply may be lost as the leader steps down: only the outcome matters.
+    let _ = client.admin().remove(&[leader]).await;
+    let status = eventually("the removed leader to report itself not a member", ELECTION, || async {
+        let health = seam_node::http::health_of(&cluster.node(leader).replica).await;
+        (health.status != "ok").then_some(health.status)
+    })
+    .await;
+    assert_eq!(status, "not-member", "a removed node must not pass as healthy with its stale leader");
+    // The two left elect a leader among themselves.
+    eventually("a leader among the two members left", ELECTION, || async {
+        let leaders: Vec<Option<u64>> = [1, 2, 3]
+            .into_iter()
+            .filter(|id| *id != leader)
+            .map(|id| cluster.node(id).replica.raft().metrics().borrow().current_leader)
+            .collect();
+        (leaders[0].is_some_and(|l| l != leader) && leaders[0] == leaders[1]).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_retried_after_its_reply_was_lost_applies_once() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.leader(ELECTION).await;
