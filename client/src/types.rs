@@ -375,6 +375,9 @@ pub struct NodeStatus {
     pub members: Vec<Member>,
     /// State-machine clock, leader-stamped ms.
     pub state_now_ms: u64,
+    /// A membership change is under way (a joint configuration): `members` lists the
+    /// voters of the old and the new configuration together.
+    pub membership_changing: bool,
 }
 
 impl From<pb::StatusResponse> for NodeStatus {
@@ -394,6 +397,7 @@ impl From<pb::StatusResponse> for NodeStatus {
             purged_index: s.purged_index,
             members: s.members.into_iter().map(Member::from).collect(),
             state_now_ms: s.state_now_ms,
+            membership_changing: s.membership_changing,
         }
     }
 }

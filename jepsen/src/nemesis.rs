@@ -55,6 +55,9 @@ pub const MEMBER_CALL_MS_MAX: u64 = 15_000;
 pub const MEMBER_RESTORE_MS_MAX: u64 = 60_000;
 /// Pause between attempts to restore a member.
 pub const MEMBER_RESTORE_RETRY_MS: u64 = 500;
+/// How long a restore waits for a membership change under way to settle before it takes
+/// the joint configuration's voters as they are.
+pub const MEMBER_SETTLE_MS_MAX: u64 = 10_000;
 /// Most steps a schedule holds (a day-long run at the shortest spacing stays below it).
 pub const STEPS_MAX: usize = 100_000;
 
@@ -513,22 +516,32 @@ impl Env {
         let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
         let mut last = String::from("no leader answered");
         let deadline = Instant::now() + Duration::from_millis(MEMBER_RESTORE_MS_MAX);
+        let settle = Instant::now() + Duration::from_millis(MEMBER_SETTLE_MS_MAX);
         while Instant::now() < deadline {
             let step = match self.membership().await {
                 // No leader to ask (an election, or the leader just removed itself).
                 None => None,
-                Some(members) => match members.iter().find(|m| m.id == node).map(|m| m.voter) {
-                    Some(true) => return Ok(()),
-                    Some(false) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
-                    None => {
-                        let addr = info.advertise.to_string();
-                        match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region)).await
-                        {
-                            Ok(Ok(_)) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
-                            other => Some(other),
+                // A change is under way: a node listed as a voter of the joint
+                // configuration may be on its way out. Wait (bounded) until it settles.
+                Some(Membership { changing: true, .. }) if Instant::now() < settle => {
+                    last = "a membership change was still under way".into();
+                    None
+                }
+                Some(Membership { members, .. }) => {
+                    match members.iter().find(|m| m.id == node).map(|m| m.voter) {
+                        Some(true) => return Ok(()),
+                        Some(false) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                        None => {
+                            let addr = info.advertise.to_string();
+                            match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region))
+                                .await
+                            {
+                                Ok(Ok(_)) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                                other => Some(other),
+                            }
                         }
                     }
-                },
+                }
             };
             match step {
                 None | Some(Ok(Ok(_))) => {}
@@ -542,7 +555,7 @@ impl Env {
 
     /// The membership as the current leader reports it (`None`: no node answered as
     /// leader).
-    async fn membership(&self) -> Option<Vec<seam_client::Member>> {
+    async fn membership(&self) -> Option<Membership> {
         let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
         let status = tokio::time::timeout(limit, self.admin.admin().status_all()).await.ok()?.ok()?;
         let leader = status.leader_id?;
@@ -551,12 +564,12 @@ impl Env {
             .iter()
             .filter_map(|n| n.status.as_ref().ok())
             .find(|s| s.node_id == leader && s.role == "leader")
-            .map(|s| s.members.clone())
+            .map(|s| Membership { members: s.members.clone(), changing: s.membership_changing })
     }
 
     /// Whether every node is a voter, in the leader's view (`None`: no leader).
     async fn membership_full(&self) -> Option<bool> {
-        let members = self.membership().await?;
+        let members = self.membership().await?.members;
         Some(self.cluster.ids().iter().all(|id| members.iter().any(|m| m.id == *id && m.voter)))
     }
 
@@ -583,6 +596,13 @@ impl Env {
             }
         }
     }
+}
+
+/// The membership as a leader reports it.
+struct Membership {
+    members: Vec<seam_client::Member>,
+    /// A joint configuration: a change is under way.
+    changing: bool,
 }
 
 /// How a wait ended.

@@ -196,6 +196,50 @@ async fn membership_changes_under_load_lose_no_acknowledged_write() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_a_membership_change_is_under_way() {
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.leader(ELECTION).await;
+    let client = cluster.client().await;
+    let mut followers = [1, 2, 3].into_iter().filter(|id| *id != leader);
+    let (cut, removed) = (followers.next().expect("a follower"), followers.next().expect("another"));
+    let leader_addr = cluster.addrs[&leader].to_string();
+    let changing = |addr: String| {
+        let admin = client.admin();
+        async move { admin.status(&addr).await.expect("status").membership_changing }
+    };
+    assert!(!changing(leader_addr.clone()).await);
+
+    // Removing one follower while the other is cut off: the joint configuration needs the
+    // cut-off one in its new half, so the change stays under way until the heal.
+    cluster.isolate(cut);
+    let remove = tokio::spawn({
+        let admin = client.admin();
+        async move { admin.remove(&[removed]).await }
+    });
+    eventually("the leader to report the change under way", ELECTION, || async {
+        changing(leader_addr.clone()).await.then_some(())
+    })
+    .await;
+    cluster.heal();
+    let _ = remove.await;
+    // Healed, the change completes; if the healed node's election cost the leader its
+    // term mid-change, asking again completes it (what an operator would do).
+    eventually("the change to settle", ELECTION, || async {
+        let status = client.admin().status_all().await.ok()?;
+        let leader = status.leader_id?;
+        let view =
+            status.nodes.iter().filter_map(|n| n.status.as_ref().ok()).find(|s| s.node_id == leader)?;
+        if view.membership_changing {
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.admin().remove(&[removed])).await;
+            return None;
+        }
+        Some(())
+    })
+    .await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_removes_itself_no_longer_reports_itself_healthy() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.leader(ELECTION).await;

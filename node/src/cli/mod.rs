@@ -666,6 +666,7 @@ async fn status(client: &Client) -> Result<Output, Failure> {
                     "applied_index": s.applied_index,
                     "snapshot_index": s.snapshot_index,
                     "purged_index": s.purged_index,
+                    "membership_changing": s.membership_changing,
                     "reachable": true,
                 }));
             }

@@ -78,6 +78,7 @@ impl ClusterService {
             members,
             leader_addr: leader_addr.unwrap_or_default(),
             state_now_ms: self.replica.state().read().now_ms(),
+            membership_changing: membership.get_joint_config().len() > 1,
         })
     }
 
