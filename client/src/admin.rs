@@ -34,6 +34,18 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeReport>,
 }
 
+impl ClusterStatus {
+    /// The leader's own report: the node named [`leader_id`](Self::leader_id), if it
+    /// answered and says it leads (`None` otherwise).
+    pub fn leader_view(&self) -> Option<&NodeStatus> {
+        let leader = self.leader_id?;
+        self.nodes
+            .iter()
+            .filter_map(|n| n.status.as_ref().ok())
+            .find(|s| s.node_id == leader && s.role == "leader")
+    }
+}
+
 /// The membership after a change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {

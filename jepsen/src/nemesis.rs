@@ -523,25 +523,22 @@ impl Env {
                 None => None,
                 // A change is under way: a node listed as a voter of the joint
                 // configuration may be on its way out. Wait (bounded) until it settles.
-                Some(Membership { changing: true, .. }) if Instant::now() < settle => {
+                Some(leader) if leader.membership_changing && Instant::now() < settle => {
                     last = "a membership change was still under way".into();
                     None
                 }
-                Some(Membership { members, .. }) => {
-                    match members.iter().find(|m| m.id == node).map(|m| m.voter) {
-                        Some(true) => return Ok(()),
-                        Some(false) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
-                        None => {
-                            let addr = info.advertise.to_string();
-                            match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region))
-                                .await
-                            {
-                                Ok(Ok(_)) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
-                                other => Some(other),
-                            }
+                Some(leader) => match leader.members.iter().find(|m| m.id == node).map(|m| m.voter) {
+                    Some(true) => return Ok(()),
+                    Some(false) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                    None => {
+                        let addr = info.advertise.to_string();
+                        match tokio::time::timeout(limit, admin.add_learner(node, &addr, &info.region)).await
+                        {
+                            Ok(Ok(_)) => Some(tokio::time::timeout(limit, admin.promote(&[node])).await),
+                            other => Some(other),
                         }
                     }
-                }
+                },
             };
             match step {
                 None | Some(Ok(Ok(_))) => {}
@@ -553,18 +550,12 @@ impl Env {
         Err(format!("node {node} is still not a voter after {MEMBER_RESTORE_MS_MAX} ms: {last}"))
     }
 
-    /// The membership as the current leader reports it (`None`: no node answered as
-    /// leader).
-    async fn membership(&self) -> Option<Membership> {
+    /// The current leader's own report, with the membership as it knows it (`None`: no
+    /// node answered as leader).
+    async fn membership(&self) -> Option<seam_client::NodeStatus> {
         let limit = Duration::from_millis(MEMBER_CALL_MS_MAX);
         let status = tokio::time::timeout(limit, self.admin.admin().status_all()).await.ok()?.ok()?;
-        let leader = status.leader_id?;
-        status
-            .nodes
-            .iter()
-            .filter_map(|n| n.status.as_ref().ok())
-            .find(|s| s.node_id == leader && s.role == "leader")
-            .map(|s| Membership { members: s.members.clone(), changing: s.membership_changing })
+        status.leader_view().cloned()
     }
 
     /// Whether every node is a voter, in the leader's view (`None`: no leader).
@@ -596,13 +587,6 @@ impl Env {
             }
         }
     }
-}
-
-/// The membership as a leader reports it.
-struct Membership {
-    members: Vec<seam_client::Member>,
-    /// A joint configuration: a change is under way.
-    changing: bool,
 }
 
 /// How a wait ended.

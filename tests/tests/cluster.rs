@@ -226,10 +226,7 @@ async fn status_says_when_a_membership_change_is_under_way() {
     // term mid-change, asking again completes it (what an operator would do).
     eventually("the change to settle", ELECTION, || async {
         let status = client.admin().status_all().await.ok()?;
-        let leader = status.leader_id?;
-        let view =
-            status.nodes.iter().filter_map(|n| n.status.as_ref().ok()).find(|s| s.node_id == leader)?;
-        if view.membership_changing {
+        if status.leader_view()?.membership_changing {
             let _ = tokio::time::timeout(Duration::from_secs(2), client.admin().remove(&[removed])).await;
             return None;
         }
