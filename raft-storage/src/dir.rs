@@ -259,16 +259,27 @@ impl DirLock {
             .write(true)
             .open(&path)
             .map_err(|e| StorageOpenError::io(&path, e))?;
-        // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(StorageOpenError::Locked { path: dir.to_path_buf() });
-            }
-            return Err(StorageOpenError::io(&path, err));
+        match try_flock_exclusive(&file) {
+            Ok(true) => Ok(Arc::new(DirLock { _file: file })),
+            Ok(false) => Err(StorageOpenError::Locked { path: dir.to_path_buf() }),
+            Err(err) => Err(StorageOpenError::io(&path, err)),
         }
-        Ok(Arc::new(DirLock { _file: file }))
+    }
+}
+
+/// Takes an exclusive `flock` on `file` without blocking: `Ok(false)` when another open
+/// file description holds it. Released when `file` is closed.
+pub(crate) fn try_flock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
     }
 }
 

@@ -116,6 +116,36 @@ fn load_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<(State, Records), S
     Ok((state, records))
 }
 
+/// Longest wait, at open, for sled's own lock on its `db` file to be released.
+pub const SLED_LOCK_WAIT_MS: u64 = 5_000;
+
+/// Waits (at most [`SLED_LOCK_WAIT_MS`]) until nobody holds sled's `flock` on
+/// `path/db`. The caller holds the data directory's lock, so a holder can only be this
+/// process's previous store of the same directory: sled releases its lock when its last
+/// internal handle (a flusher or I/O thread) drops, a moment after the store itself is
+/// dropped, so a restart in place would otherwise fail with "could not acquire lock".
+fn wait_for_sled_lock(path: &Path) -> Result<(), StorageOpenError> {
+    let db_file = path.join("db");
+    let file = match std::fs::File::open(&db_file) {
+        Ok(file) => file,
+        // A new state machine: nothing to wait for.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StorageOpenError::io(&db_file, e)),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(SLED_LOCK_WAIT_MS);
+    loop {
+        // Taken and released at once (closing `file` at the end releases it too).
+        if crate::dir::try_flock_exclusive(&file).map_err(|e| StorageOpenError::io(&db_file, e))? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let held = format!("sled's lock on its db file was still held after {SLED_LOCK_WAIT_MS} ms");
+            return Err(StorageOpenError::io(&db_file, std::io::Error::other(held)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl StateMachineStore {
     /// Opens sled at `path` and loads the state. If the snapshot is newer than what sled
     /// holds, sled lost applies in a crash (it is flushed every `sm_flush_every_ms`, and
@@ -128,6 +158,7 @@ impl StateMachineStore {
         current: Option<StoredSnapshot>,
         lock: Arc<DirLock>,
     ) -> Result<Self, StorageOpenError> {
+        wait_for_sled_lock(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(config.sm_cache_bytes)

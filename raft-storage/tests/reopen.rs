@@ -105,6 +105,31 @@ async fn sled_behind_the_snapshot_is_reinstalled_from_it() {
 }
 
 #[tokio::test]
+async fn reopen_waits_for_sleds_lock_left_by_the_previous_store() {
+    // sled releases the flock on its `db` file when its last internal handle drops, which
+    // can be a moment after the store is dropped: a reopen in place must wait, not fail.
+    let tmp = TempDir::new().expect("tempdir");
+    let data = tmp.path().join("data");
+    drop(open_data(&data));
+    let db = std::fs::File::open(data.join("sm").join("db")).expect("sled's db file");
+    // Hold sled's lock ourselves, as a lingering sled thread would (waiting, bounded, for
+    // the store just dropped to let go of it first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // SAFETY: flock only reads the descriptor, which `db` keeps open.
+    while unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&db), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(std::time::Instant::now() < deadline, "sled never released its lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(db);
+    });
+    let (_log, sm) = open_data(&data);
+    assert_eq!(sm.state().read().applied(), None);
+    holder.join().expect("holder");
+}
+
+#[tokio::test]
 async fn an_installed_snapshot_survives_reopen() {
     let tmp = TempDir::new().expect("tempdir");
     let (leader, follower) = (tmp.path().join("leader"), tmp.path().join("follower"));
