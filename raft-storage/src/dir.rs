@@ -38,7 +38,7 @@ use crate::wal;
 use crate::wal::Wal;
 
 /// The on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const IDENTITY: &str = "IDENTITY";
 const LOCK: &str = "LOCK";

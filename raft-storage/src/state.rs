@@ -70,8 +70,10 @@ pub mod record {
     pub const POLICY: u8 = b'p';
     /// `s` + client id -> session header
     pub const SESSION: u8 = b's';
-    /// `r` + u16 BE client id length + client id + u64 BE request id -> remembered result
-    pub const RESULT: u8 = b'r';
+    /// `r` + u16 BE client id length + client id + u64 BE page number -> the remembered
+    /// results of that client whose request ids fall in the page, as `Vec<(u64, Response)>`
+    /// in id order (see [`RESULTS_PER_PAGE`]). Never empty: an empty page is removed.
+    pub const RESULTS: u8 = b'r';
     /// `m` + name -> metadata (applied log id, membership, clock, settings, policy history)
     pub const META: u8 = b'm';
 
@@ -88,13 +90,25 @@ pub mod record {
         k
     }
 
-    pub fn result_key(client_id: &str, request_id: u64) -> Vec<u8> {
+    /// Request ids per results page: ids `p * RESULTS_PER_PAGE ..= (p + 1) * RESULTS_PER_PAGE - 1`
+    /// share page `p`'s record. A client's sequential requests fill one page after
+    /// another, so a busy client rewrites one or two records per persisted batch instead of
+    /// writing one record per request and removing one per eviction: those two writes per
+    /// put were most of sled's cost, and sled most of a busy node's CPU (docs/benchmarks.md).
+    pub const RESULTS_PER_PAGE: u64 = 64;
+
+    /// The page holding `request_id`'s result.
+    pub fn results_page(request_id: u64) -> u64 {
+        request_id / RESULTS_PER_PAGE
+    }
+
+    pub fn results_key(client_id: &str, page: u64) -> Vec<u8> {
         let mut k = Vec::with_capacity(11 + client_id.len());
-        k.push(RESULT);
+        k.push(RESULTS);
         // Client ids are at most CLIENT_ID_BYTES_MAX bytes, checked before a session exists.
         k.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
         k.extend_from_slice(client_id.as_bytes());
-        k.extend_from_slice(&request_id.to_be_bytes());
+        k.extend_from_slice(&page.to_be_bytes());
         k
     }
 }
@@ -143,6 +157,12 @@ pub struct State {
     session_lru: BTreeSet<(u64, String)>,
     /// Changes not yet taken by the persistence layer.
     changes: Vec<Change>,
+    /// Sessions whose header record changed since the last `take_changes`, and results
+    /// pages (client, page) likewise. Their records are encoded once, from the state as it
+    /// is then, by `take_changes`: a client's many requests in one apply cost one record.
+    /// Both hold only what one apply call touched, so the dedup limits bound them.
+    dirty_sessions: BTreeSet<String>,
+    dirty_pages: BTreeMap<String, BTreeSet<u64>>,
     /// Leases reclaimed on expiry since this process loaded the state, by region: an
     /// observation for metrics, not replicated state (never persisted).
     lease_expiries: BTreeMap<String, u64>,
@@ -206,10 +226,25 @@ impl State {
                     state.session_lru.insert((header.last_seen_ms, client.clone()));
                     state.sessions.entry(client).or_default().header = header;
                 }
-                record::RESULT => {
-                    let (client, request_id) = parse_result_key(&key)?;
-                    let response: Response = decode(&key, &value)?;
-                    state.sessions.entry(client).or_default().results.insert(request_id, response);
+                record::RESULTS => {
+                    let (client, page) = parse_results_key(&key)?;
+                    let results: Vec<(u64, Response)> = decode(&key, &value)?;
+                    if results.is_empty() {
+                        return Err(CorruptRecord {
+                            key: field_name(&key),
+                            reason: "empty results page".into(),
+                        });
+                    }
+                    let session = state.sessions.entry(client).or_default();
+                    for (request_id, response) in results {
+                        if record::results_page(request_id) != page {
+                            return Err(CorruptRecord {
+                                key: field_name(&key),
+                                reason: format!("request id {request_id} does not belong in page {page}"),
+                            });
+                        }
+                        session.results.insert(request_id, response);
+                    }
                 }
                 record::META => match key.as_slice() {
                     record::META_APPLIED => state.applied = decode(&key, &value)?,
@@ -260,8 +295,12 @@ impl State {
         }
         for (client, session) in &self.sessions {
             out.push((record::key(record::SESSION, client.as_bytes()), encode(&session.header)));
-            for (id, response) in &session.results {
-                out.push((record::result_key(client, *id), encode(response)));
+            let mut pages: Vec<u64> = session.results.keys().map(|id| record::results_page(*id)).collect();
+            pages.dedup();
+            for page in pages {
+                if let Some(value) = encode_page(session, page) {
+                    out.push((record::results_key(client, page), value));
+                }
             }
         }
         out.extend(self.meta_records());
@@ -297,6 +336,17 @@ impl State {
     /// persisted results and the applied index together.
     pub fn take_changes(&mut self) -> Vec<Change> {
         let mut changes = std::mem::take(&mut self.changes);
+        for client in std::mem::take(&mut self.dirty_sessions) {
+            let value = self.sessions.get(&client).map(|s| encode(&s.header));
+            changes.push((record::key(record::SESSION, client.as_bytes()), value));
+        }
+        for (client, pages) in std::mem::take(&mut self.dirty_pages) {
+            let session = self.sessions.get(&client);
+            for page in pages {
+                let value = session.and_then(|s| encode_page(s, page));
+                changes.push((record::results_key(&client, page), value));
+            }
+        }
         if self.config_dirty {
             self.config_dirty = false;
             changes.extend(self.config_meta_records().into_iter().map(|(k, v)| (k, Some(v))));
@@ -531,11 +581,10 @@ impl State {
     fn forget_oldest_session(&mut self) {
         let Some((_, client)) = self.session_lru.pop_first() else { return };
         if let Some(session) = self.sessions.remove(&client) {
-            for id in session.results.keys() {
-                self.changes.push((record::result_key(&client, *id), None));
-            }
+            let pages = self.dirty_pages.entry(client.clone()).or_default();
+            pages.extend(session.results.keys().map(|id| record::results_page(*id)));
         }
-        self.changes.push((record::key(record::SESSION, client.as_bytes()), None));
+        self.dirty_sessions.insert(client);
     }
 
     fn touch_session(&mut self, client: &str) {
@@ -544,7 +593,23 @@ impl State {
         self.session_lru.remove(&(session.header.last_seen_ms, client.to_string()));
         session.header.last_seen_ms = now_ms;
         self.session_lru.insert((now_ms, client.to_string()));
-        self.changes.push((record::key(record::SESSION, client.as_bytes()), Some(encode(&session.header))));
+        if !self.dirty_sessions.contains(client) {
+            self.dirty_sessions.insert(client.to_string());
+        }
+    }
+
+    /// Marks the results page holding `request_id` of `client` for rewriting.
+    fn dirty_page(&mut self, client: &str, request_id: u64) {
+        let page = record::results_page(request_id);
+        // Looked up by &str first so that the common case allocates nothing.
+        match self.dirty_pages.get_mut(client) {
+            Some(pages) => {
+                pages.insert(page);
+            }
+            None => {
+                self.dirty_pages.insert(client.to_string(), BTreeSet::from([page]));
+            }
+        }
     }
 
     fn remember(&mut self, idem: &IdempotencyKey, response: &Response) {
@@ -559,13 +624,17 @@ impl State {
         }
         let per_client_max = self.settings.dedup_per_client_max.max(1);
         let session = self.sessions.get_mut(client).expect("session inserted above");
+        let mut evicted = Vec::new();
         while session.results.len() as u64 >= per_client_max {
             let Some((oldest, _)) = session.results.pop_first() else { break };
             session.header.evicted_below = session.header.evicted_below.max(oldest);
-            self.changes.push((record::result_key(client, oldest), None));
+            evicted.push(oldest);
         }
         session.results.insert(idem.request_id, response.clone());
-        self.changes.push((record::result_key(client, idem.request_id), Some(encode(response))));
+        for oldest in evicted {
+            self.dirty_page(client, oldest);
+        }
+        self.dirty_page(client, idem.request_id);
         self.touch_session(client);
     }
 
@@ -1224,7 +1293,15 @@ impl State {
     }
 }
 
-fn parse_result_key(key: &[u8]) -> Result<(String, u64), CorruptRecord> {
+/// The record of `session`'s results page `page`: `None` when the page holds no result.
+fn encode_page(session: &Session, page: u64) -> Option<Vec<u8>> {
+    let first = page * record::RESULTS_PER_PAGE;
+    let last = first + (record::RESULTS_PER_PAGE - 1);
+    let results: Vec<(&u64, &Response)> = session.results.range(first..=last).collect();
+    (!results.is_empty()).then(|| encode(&results))
+}
+
+fn parse_results_key(key: &[u8]) -> Result<(String, u64), CorruptRecord> {
     let corrupt = |reason: &str| CorruptRecord { key: field_name(key), reason: reason.to_string() };
     let rest = key.get(1..).ok_or_else(|| corrupt("short result key"))?;
     let len_bytes: [u8; 2] =
@@ -1234,7 +1311,7 @@ fn parse_result_key(key: &[u8]) -> Result<(String, u64), CorruptRecord> {
     let id_bytes: [u8; 8] = rest
         .get(2 + len..)
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| corrupt("bad request id in result key"))?;
+        .ok_or_else(|| corrupt("bad page number in results key"))?;
     let client = String::from_utf8(client.to_vec()).map_err(|_| corrupt("client id is not UTF-8"))?;
     Ok((client, u64::from_be_bytes(id_bytes)))
 }

@@ -352,6 +352,53 @@ fn retries_get_the_original_result_and_forgotten_ones_are_refused() {
 }
 
 #[test]
+fn results_are_persisted_in_pages_that_eviction_rewrites_and_forgetting_removes() {
+    let mut d = Driver::new();
+    d.apply(Command::Configure(Settings {
+        dedup_per_client_max: 100,
+        dedup_clients_max: 1,
+        ..Settings::default()
+    }));
+    d.state.take_changes();
+    let page_key = |client: &str, page: u64| record::results_key(client, page);
+    // 70 requests of one client in one take: two pages (ids 1..=63 and 64..=70), one header.
+    for id in 1..=70 {
+        d.apply_idem("c1", id, put("k", "v"));
+    }
+    let changes: BTreeMap<_, _> = d.state.take_changes().into_iter().collect();
+    assert_eq!(changes.keys().filter(|k| k[0] == record::RESULTS).count(), 2, "one record per page");
+    let page0: Vec<(u64, Response)> =
+        bincode::deserialize(changes[&page_key("c1", 0)].as_ref().unwrap()).unwrap();
+    assert_eq!(page0.iter().map(|(id, _)| *id).collect::<Vec<_>>(), (1..=63).collect::<Vec<_>>());
+    assert!(changes.contains_key(&record::key(record::SESSION, b"c1")));
+    // Past 100 results the oldest are evicted: page 0 is rewritten without them, then
+    // removed once empty.
+    for id in 71..=110 {
+        d.apply_idem("c1", id, put("k", "v"));
+    }
+    let changes: BTreeMap<_, _> = d.state.take_changes().into_iter().collect();
+    let page0: Vec<(u64, Response)> =
+        bincode::deserialize(changes[&page_key("c1", 0)].as_ref().unwrap()).unwrap();
+    assert_eq!(page0.first().map(|(id, _)| *id), Some(11), "ids 1..=10 evicted");
+    for id in 111..=200 {
+        d.apply_idem("c1", id, put("k", "v"));
+    }
+    let changes: BTreeMap<_, _> = d.state.take_changes().into_iter().collect();
+    assert_eq!(changes[&page_key("c1", 0)], None, "an empty page is removed");
+    // A second client pushes the first out (dedup_clients_max = 1): all its records go.
+    d.apply_idem("c2", 1, put("k", "v"));
+    let changes: BTreeMap<_, _> = d.state.take_changes().into_iter().collect();
+    for page in 1..=3 {
+        assert_eq!(changes[&page_key("c1", page)], None, "page {page} of a forgotten client");
+    }
+    assert_eq!(changes[&record::key(record::SESSION, b"c1")], None);
+    // The records reload to the same remembered results.
+    let loaded = State::load(d.state.records()).expect("records load");
+    assert!(loaded.remembered(&IdempotencyKey { client_id: "c2".into(), request_id: 1 }).is_some());
+    assert!(loaded.remembered(&IdempotencyKey { client_id: "c1".into(), request_id: 150 }).is_none());
+}
+
+#[test]
 fn sessions_expire_after_the_window() {
     let mut d = Driver::new();
     d.apply(Command::Configure(Settings { dedup_window_ms: 1000, ..Settings::default() }));
@@ -432,10 +479,15 @@ fn apply_is_deterministic_and_persistence_reproduces_the_state() {
     // A copy maintained only through the change stream, as sled would hold it.
     let mut persisted: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
     let mut now = 1_000_000;
+    // Small dedup bounds, so that results are evicted one by one (their pages rewritten),
+    // whole sessions are forgotten (their pages removed), and ids span several pages.
+    let bounds = Settings { dedup_per_client_max: 100, dedup_clients_max: 2, ..Settings::default() };
     for index in 1..=2000 {
         now += rng.gen_range(0..400);
-        let idem = if rng.gen_bool(0.5) { Some(("c", rng.gen_range(1..50))) } else { None };
-        let e = entry(index, now - rng.gen_range(0..300), idem, random_command(&mut rng));
+        let client = ["c", "d", "e"][rng.gen_range(0..3)];
+        let idem = if rng.gen_bool(0.5) { Some((client, rng.gen_range(1..300))) } else { None };
+        let command = if index == 1 { Command::Configure(bounds.clone()) } else { random_command(&mut rng) };
+        let e = entry(index, now - rng.gen_range(0..300), idem, command);
         let ra = a.apply(&e);
         let rb = b.apply(&e);
         assert_eq!(ra, rb, "seed {seed}: replicas diverged at index {index}");
@@ -466,6 +518,13 @@ fn load_refuses_corrupt_records() {
     assert!(err.to_string().contains("kbad"), "{err}");
     assert!(State::load(vec![(b"zzz".to_vec(), vec![])]).is_err(), "unknown kind");
     assert!(State::load(vec![(Vec::new(), vec![])]).is_err(), "empty key");
+    // A result filed under the wrong page, and an empty page, are corrupt.
+    let misplaced = bincode::serialize(&vec![(64u64, Response::Done { revision: 1 })]).unwrap();
+    let err = State::load(vec![(record::results_key("c", 0), misplaced)]).expect_err("misplaced");
+    assert!(err.to_string().contains("does not belong in page 0"), "{err}");
+    let empty = bincode::serialize(&Vec::<(u64, Response)>::new()).unwrap();
+    let err = State::load(vec![(record::results_key("c", 0), empty)]).expect_err("empty page");
+    assert!(err.to_string().contains("empty results page"), "{err}");
 }
 
 #[test]

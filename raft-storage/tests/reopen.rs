@@ -263,13 +263,20 @@ fn corrupt_identity_log_or_foreign_content_is_refused_untouched() {
     assert_eq!(fingerprint(tmp.path()), before);
     std::fs::write(&identity, &pristine["IDENTITY"]).expect("restore");
 
-    // A future format.
-    let text =
-        String::from_utf8(pristine["IDENTITY"].clone()).expect("utf8").replace("format = 1", "format = 9");
-    std::fs::write(&identity, text).expect("damage");
-    let err = seam_raft_storage::open(tmp.path(), config()).expect_err("future format");
-    assert!(matches!(err, StorageOpenError::UnsupportedFormat { found: 9, supported: 1, .. }), "{err}");
-    std::fs::write(&identity, &pristine["IDENTITY"]).expect("restore");
+    // A future format, and format 1 (before results were persisted in pages).
+    for found in [9, 1] {
+        let ours = format!("format = {FORMAT_VERSION}");
+        let text = String::from_utf8(pristine["IDENTITY"].clone())
+            .expect("utf8")
+            .replace(&ours, &format!("format = {found}"));
+        std::fs::write(&identity, text).expect("damage");
+        let err = seam_raft_storage::open(tmp.path(), config()).expect_err("other format");
+        assert!(
+            matches!(err, StorageOpenError::UnsupportedFormat { found: f, supported: FORMAT_VERSION, .. } if f == found),
+            "{err}"
+        );
+        std::fs::write(&identity, &pristine["IDENTITY"]).expect("restore");
+    }
 
     // A damaged record in an older log segment.
     let first = tmp.path().join("log").join(&segments(tmp.path())[0]);
