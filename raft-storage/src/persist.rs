@@ -10,9 +10,11 @@
 //!   by a snapshot install). The thread merges everything queued into one `sled::Batch`, in
 //!   order, so a batch always ends at an apply boundary and carries the applied log id of
 //!   that boundary: sled still never holds a result without its applied index.
-//! - The thread waits `PERSIST_COALESCE_MS` after the first change before writing, so under
-//!   load many applies share one sled write (and repeated records, like the applied log id,
-//!   are written once); idle, each apply costs one write, that much later.
+//! - After the first change the thread keeps taking what is queued, for up to
+//!   `PERSIST_COALESCE_MS` or `PERSIST_MERGE_MAX` items, then writes once: under load many
+//!   applies share one sled write (and repeated records, like the applied log id or a hot
+//!   key, are written once); idle, each apply costs one write, that much later. A barrier
+//!   ends the window at once.
 //! - The queue holds at most `PERSIST_QUEUE_MAX` items; a full queue makes `apply` wait
 //!   (backpressure), never drop.
 //! - A sled error poisons the persister: every later `submit` fails, which is fatal to the
@@ -23,8 +25,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
+use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::oneshot;
 
 use crate::state::Change;
@@ -33,12 +38,18 @@ use crate::state::Change;
 pub const PERSIST_QUEUE_MAX: usize = 1024;
 /// Queued items merged into one sled batch at most (bounds the batch's memory).
 pub const PERSIST_MERGE_MAX: usize = 1024;
-/// After the first change arrives, the thread waits this long for more before writing, so
-/// a busy node writes sled a few dozen times a second instead of once per apply. Each sled
-/// batch costs a `sync_file_range` and wakes sled's IO threads: measured on a 2-core
-/// machine, writing per apply took a third of a busy leader's CPU. A crash loses at most
-/// this much more of sled's progress, which the log replays.
-pub const PERSIST_COALESCE_MS: u64 = 50;
+/// After the first change arrives, the thread merges what comes for this long before
+/// writing, so a busy node writes sled a few times a second instead of once per apply. Each
+/// sled batch costs a `sync_file_range` and wakes sled's IO threads (measured on a 2-core
+/// machine, writing per apply took a third of a busy leader's CPU), and every record in it
+/// costs a copy of a sled node, so a longer window, in which a hot key or a client's page
+/// of dedup results is rewritten many times, writes fewer records (200 ms against 50 ms:
+/// docs/benchmarks.md). A crash loses at most this much more of sled's progress, which the
+/// log replays.
+pub const PERSIST_COALESCE_MS: u64 = 200;
+/// While merging, how long the thread sleeps when the queue is empty before looking again
+/// (tokio's channel has no receive with a timeout for a plain thread).
+const PERSIST_POLL_MS: u64 = 2;
 
 enum Item {
     /// The changes of one apply call.
@@ -120,26 +131,28 @@ impl Drop for Persister {
 }
 
 fn run(db: sled::Db, mut rx: mpsc::Receiver<Item>, failed: &AtomicBool, name: &str) {
-    let mut items = Vec::with_capacity(PERSIST_MERGE_MAX);
     while let Some(first) = rx.blocking_recv() {
-        // A barrier is waited on: answer it without coalescing.
-        if !matches!(first, Item::Barrier { .. }) {
-            std::thread::sleep(std::time::Duration::from_millis(PERSIST_COALESCE_MS));
-        }
-        items.push(first);
-        while items.len() < PERSIST_MERGE_MAX {
-            match rx.try_recv() {
-                Ok(item) => items.push(item),
-                Err(_) => break,
-            }
-        }
+        let deadline = Instant::now() + Duration::from_millis(PERSIST_COALESCE_MS);
         let mut batch = sled::Batch::default();
-        let mut pending = false;
-        let mut result: Result<(), String> = Ok(());
-        for item in items.drain(..) {
-            if failed.load(Ordering::Acquire) {
-                result = Err("an earlier write of the state machine to sled failed".into());
-            }
+        let mut merged = 0;
+        let mut next = Some(first);
+        loop {
+            let item = match next.take() {
+                Some(item) => item,
+                None if merged >= PERSIST_MERGE_MAX => break,
+                None => match rx.try_recv() {
+                    Ok(item) => item,
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::sleep(left.min(Duration::from_millis(PERSIST_POLL_MS)));
+                        continue;
+                    }
+                },
+            };
             match item {
                 Item::Changes(changes) => {
                     for (key, value) in changes {
@@ -148,31 +161,49 @@ fn run(db: sled::Db, mut rx: mpsc::Receiver<Item>, failed: &AtomicBool, name: &s
                             None => batch.remove(key),
                         }
                     }
-                    pending = true;
+                    merged += 1;
                 }
                 Item::Replace(records) => {
-                    if pending {
-                        result = result.and(write(&db, std::mem::take(&mut batch), failed, name));
-                        pending = false;
+                    let mut result = write_pending(&db, &mut batch, &mut merged, failed, name);
+                    if result.is_ok() {
+                        result = replace_all(&db, &records).map_err(|e| fail(failed, name, e));
                     }
-                    result = result.and(replace_all(&db, &records).map_err(|e| fail(failed, name, e)));
+                    if result.is_err() {
+                        break;
+                    }
                 }
                 Item::Barrier { flush, done } => {
-                    if pending {
-                        result = result.and(write(&db, std::mem::take(&mut batch), failed, name));
-                        pending = false;
-                    }
+                    let mut result = write_pending(&db, &mut batch, &mut merged, failed, name);
                     if flush && result.is_ok() {
                         result = db.flush().map(|_| ()).map_err(|e| fail(failed, name, e));
                     }
-                    let _ = done.send(result.clone());
+                    let _ = done.send(result);
+                    // Whoever waits on a barrier is waiting now: do not hold what follows.
+                    break;
                 }
             }
         }
-        if pending {
-            let _ = write(&db, batch, failed, name);
-        }
+        let _ = write_pending(&db, &mut batch, &mut merged, failed, name);
     }
+}
+
+/// Writes the merged batch, if anything was merged, and starts a new one. After a failure
+/// (now or earlier) nothing more is written: the persister is poisoned.
+fn write_pending(
+    db: &sled::Db,
+    batch: &mut sled::Batch,
+    merged: &mut usize,
+    failed: &AtomicBool,
+    name: &str,
+) -> Result<(), String> {
+    if failed.load(Ordering::Acquire) {
+        return Err("an earlier write of the state machine to sled failed".into());
+    }
+    if *merged == 0 {
+        return Ok(());
+    }
+    *merged = 0;
+    write(db, std::mem::take(batch), failed, name)
 }
 
 fn fail(failed: &AtomicBool, name: &str, e: sled::Error) -> String {
@@ -196,4 +227,50 @@ pub(crate) fn replace_all(db: &sled::Db, records: &[(Vec<u8>, Vec<u8>)]) -> sled
         batch.insert(k.as_slice(), v.as_slice());
     }
     db.apply_batch(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> (tempfile::TempDir, sled::Db) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().path(dir.path().join("sm")).temporary(true).open().expect("sled");
+        (dir, db)
+    }
+
+    fn change(key: &str, value: Option<&str>) -> Change {
+        (key.as_bytes().to_vec(), value.map(|v| v.as_bytes().to_vec()))
+    }
+
+    #[tokio::test]
+    async fn merged_changes_land_in_order_and_a_barrier_sees_them() {
+        let (_dir, db) = db();
+        let persister = Persister::start(db.clone(), "test".into()).expect("start");
+        persister.submit(vec![change("a", Some("1")), change("b", Some("1"))]).await.expect("submit");
+        persister
+            .submit(vec![change("a", Some("2")), change("b", None), change("c", Some("3"))])
+            .await
+            .expect("submit");
+        persister.barrier(false).await.expect("barrier");
+        let read = |k: &str| db.get(k).expect("get").map(|v| String::from_utf8_lossy(&v).into_owned());
+        assert_eq!(read("a").as_deref(), Some("2"), "the later change wins");
+        assert_eq!(read("b"), None, "a removal after an insert in the same window removes");
+        assert_eq!(read("c").as_deref(), Some("3"));
+        // A replacement after pending changes: the changes first, then the replacement.
+        persister.submit(vec![change("d", Some("4"))]).await.expect("submit");
+        persister.replace(vec![(b"z".to_vec(), b"9".to_vec())]).await.expect("replace");
+        persister.barrier(true).await.expect("barrier");
+        assert_eq!(db.iter().keys().count(), 1, "only the replacement is left");
+        assert_eq!(read("z").as_deref(), Some("9"));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_persister_writes_what_is_queued() {
+        let (_dir, db) = db();
+        let persister = Persister::start(db.clone(), "test".into()).expect("start");
+        persister.submit(vec![change("k", Some("v"))]).await.expect("submit");
+        drop(persister);
+        assert_eq!(db.get("k").expect("get").as_deref(), Some(&b"v"[..]));
+    }
 }
