@@ -98,6 +98,11 @@ pub struct BenchArgs {
     /// Concurrent closed-loop clients.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
+    /// Connections the clients share, round-robin (Seam: one SDK `Client` each, with its
+    /// own client id; etcd: one gRPC channel each). 0: one per client. etcd's own
+    /// benchmark tool shares one by default (`--conns 1`).
+    #[arg(long, default_value_t = 0)]
+    pub conns: usize,
     /// Measured seconds.
     #[arg(long, default_value_t = 10)]
     pub duration_s: u64,
@@ -133,6 +138,8 @@ pub struct BenchResult {
     pub target: Target,
     pub op: Op,
     pub clients: usize,
+    /// Connections the clients shared.
+    pub conns: usize,
     pub ops: u64,
     pub errors: u64,
     pub ops_per_sec: f64,
@@ -397,9 +404,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     }
     let regions = resolve_regions(args).await?;
     let value = vec![b'x'; args.value_bytes];
+    if args.conns > args.clients {
+        bail!("--conns ({}) must be at most --clients ({})", args.conns, args.clients);
+    }
+    let conns = if args.conns == 0 { args.clients } else { args.conns };
     let mut drivers = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    for i in 0..conns {
         drivers.push(driver(args, &regions, i).await?);
+    }
+    for i in conns..args.clients {
+        drivers.push(drivers[i % conns].clone());
     }
     // Pre-populate every key, spread over the clients.
     let mut fills = Vec::new();
@@ -484,6 +498,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         target: args.target,
         op: args.op,
         clients: args.clients,
+        conns,
         ops: hist.len(),
         errors,
         ops_per_sec: hist.len() as f64 / secs,
@@ -583,6 +598,7 @@ fn baseline(
         target: args.target,
         op: args.op,
         clients: 1,
+        conns: 1,
         ops: hist.len(),
         errors: 0,
         ops_per_sec: hist.len() as f64 / args.duration_s as f64,
