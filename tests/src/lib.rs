@@ -22,6 +22,9 @@ use seam_node::server::NodeHandle;
 use seam_raft_storage::NodeId;
 use tokio::net::TcpListener;
 
+/// Filler writes [`TestCluster::compact_past`] makes at most.
+pub const COMPACT_WRITES_MAX: usize = 20_000;
+
 /// Timings that elect quickly on a loaded 2-core machine without spurious elections.
 pub fn test_config(id: NodeId, dir: &std::path::Path) -> Config {
     let mut c = Config {
@@ -279,6 +282,22 @@ impl TestCluster {
         cluster.isolate(lagging);
         let others = cluster.endpoints_except(lagging);
         (cluster, leader, lagging, others)
+    }
+
+    /// Writes filler keys through `client` until `leader` has purged its log past `index`,
+    /// and returns the purged index. How many writes that takes depends on timing: openraft
+    /// postpones a purge while a replication has the entries in flight, and the stream to a
+    /// cut-off follower keeps an AppendEntries in flight for most of each retry backoff.
+    /// Panics after `COMPACT_WRITES_MAX` writes.
+    pub async fn compact_past(&self, leader: NodeId, client: &seam_client::Client, index: u64) -> u64 {
+        for i in 0..COMPACT_WRITES_MAX {
+            let purged = self.node(leader).replica.raft().metrics().borrow().purged.map_or(0, |l| l.index);
+            if purged > index {
+                return purged;
+            }
+            client.put(format!("compact/{i:05}"), "x").await.expect("filler put");
+        }
+        panic!("node {leader} did not purge its log past {index} within {COMPACT_WRITES_MAX} writes");
     }
 
     /// Heals every cut, waits until every node applied what `leader` has, and asserts that

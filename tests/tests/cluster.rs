@@ -130,9 +130,7 @@ async fn a_lagging_follower_catches_up_from_a_snapshot() {
     for i in 0..300 {
         client.put(format!("s/{i:04}"), format!("{i}")).await.expect("put");
     }
-    let leader_metrics = cluster.node(leader).replica.raft().metrics().borrow().clone();
-    let purged = leader_metrics.purged.map_or(0, |l| l.index);
-    assert!(purged > 0, "the leader compacted its log (purged {purged})");
+    let purged = cluster.compact_past(leader, &client, 0).await;
 
     cluster.heal_from_snapshot(leader, lagging, purged).await;
     {
