@@ -522,6 +522,18 @@ fn load_refuses_corrupt_records() {
     let misplaced = bincode::serialize(&vec![(64u64, Response::Done { revision: 1 })]).unwrap();
     let err = State::load(vec![(record::results_key("c", 0), misplaced)]).expect_err("misplaced");
     assert!(err.to_string().contains("does not belong in page 0"), "{err}");
+    // A format 1 result record (one `Response` under the request id) is refused, not misread.
+    for (id, response) in [
+        (7u64, Response::Put { revision: 3, prev: None }),
+        (1, Response::Done { revision: 1 }),
+        (64, Response::Rejected(Rejection::InvalidArgument("x".into()))),
+    ] {
+        let old = bincode::serialize(&response).unwrap();
+        let header = (record::key(record::SESSION, b"c"), encode(&SessionHeader::default()));
+        let err =
+            State::load(vec![header, (record::results_key("c", id), old)]).expect_err("format 1 record");
+        assert!(err.to_string().contains("corrupt state record"), "{id}: {err}");
+    }
     let empty = bincode::serialize(&Vec::<(u64, Response)>::new()).unwrap();
     let err = State::load(vec![(record::results_key("c", 0), empty)]).expect_err("empty page");
     assert!(err.to_string().contains("empty results page"), "{err}");
