@@ -99,8 +99,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Connections the clients share, round-robin (Seam: one SDK `Client` each, with its
-    /// own client id; etcd: one gRPC channel each). 0: one per client. etcd's own
-    /// benchmark tool shares one by default (`--conns 1`).
+    /// own client id; etcd: one gRPC channel each; Redis: one RESP connection each, whose
+    /// clients take turns). 0: one per client. etcd's own benchmark tool shares one by
+    /// default (`--conns 1`).
     #[arg(long, default_value_t = 0)]
     pub conns: usize,
     /// Measured seconds.
@@ -386,6 +387,15 @@ fn seam_node_endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> 
     Ok(crate::peer::endpoint(addr)?)
 }
 
+/// How many connections the clients share: `--conns`, or one per client when it is 0.
+fn connections(args: &BenchArgs) -> anyhow::Result<usize> {
+    match args.conns {
+        0 => Ok(args.clients),
+        n if n > args.clients => bail!("--conns ({n}) must be at most --clients ({})", args.clients),
+        n => Ok(n),
+    }
+}
+
 /// Runs one benchmark and returns its result.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     match args.op {
@@ -402,12 +412,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     if args.lag_probe_ms > 0 && args.target != Target::Seam {
         bail!("--lag-probe-ms measures Seam's relaxed replication; it needs --target seam");
     }
+    let conns = connections(args)?;
     let regions = resolve_regions(args).await?;
     let value = vec![b'x'; args.value_bytes];
-    if args.conns > args.clients {
-        bail!("--conns ({}) must be at most --clients ({})", args.conns, args.clients);
-    }
-    let conns = if args.conns == 0 { args.clients } else { args.conns };
     let mut drivers = Vec::with_capacity(args.clients);
     for i in 0..conns {
         drivers.push(driver(args, &regions, i).await?);
@@ -675,6 +682,22 @@ mod tests {
             }
         });
         addr
+    }
+
+    #[test]
+    fn conns_default_to_one_per_client_and_cannot_exceed_the_clients() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let args = |clients, conns| {
+            <Cli as clap::Parser>::parse_from(["bench", "--clients", clients, "--conns", conns]).bench
+        };
+        assert_eq!(connections(&args("64", "0")).expect("default"), 64);
+        assert_eq!(connections(&args("64", "3")).expect("shared"), 3);
+        let err = connections(&args("2", "3")).expect_err("more connections than clients");
+        assert!(err.to_string().contains("--conns (3) must be at most --clients (2)"), "{err}");
     }
 
     #[tokio::test]
