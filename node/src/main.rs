@@ -12,6 +12,12 @@ use clap::Parser;
 use clap::Subcommand;
 use seam_node::config::Config;
 
+/// mimalloc instead of glibc malloc: a node allocates per request (protobuf messages,
+/// bincode buffers, tasks), and glibc's allocator took about 12% of a 3-node cluster's CPU
+/// under 64 writing clients (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "seam",
