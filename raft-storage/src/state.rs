@@ -135,7 +135,11 @@ struct SessionHeader {
 #[derive(Clone, Debug, Default)]
 struct Session {
     header: SessionHeader,
-    results: BTreeMap<u64, Response>,
+    /// Each remembered result as its bincode encoding, by request id: a results page is
+    /// rewritten on every apply that adds to it, and copying encoded results costs far less
+    /// than encoding up to [`record::RESULTS_PER_PAGE`] of them again each time (a retry,
+    /// which decodes one, is rare).
+    results: BTreeMap<u64, Vec<u8>>,
 }
 
 /// The sacred tier's replicated state.
@@ -243,7 +247,7 @@ impl State {
                                 reason: format!("request id {request_id} does not belong in page {page}"),
                             });
                         }
-                        session.results.insert(request_id, response);
+                        session.results.insert(request_id, encode(&response));
                     }
                 }
                 record::META => match key.as_slice() {
@@ -479,8 +483,8 @@ impl State {
     }
 
     /// The result remembered for a request, if any (a retry will be answered with it).
-    pub fn remembered(&self, key: &IdempotencyKey) -> Option<&Response> {
-        self.sessions.get(&key.client_id)?.results.get(&key.request_id)
+    pub fn remembered(&self, key: &IdempotencyKey) -> Option<Response> {
+        self.sessions.get(&key.client_id)?.results.get(&key.request_id).map(|r| decode_result(r))
     }
 
     // ---- apply ---------------------------------------------------------------------------
@@ -538,7 +542,7 @@ impl State {
         }
         if let Some(session) = self.sessions.get(&idem.client_id) {
             if let Some(response) = session.results.get(&idem.request_id) {
-                let response = response.clone();
+                let response = decode_result(response);
                 self.touch_session(&idem.client_id);
                 return response;
             }
@@ -630,7 +634,7 @@ impl State {
             session.header.evicted_below = session.header.evicted_below.max(oldest);
             evicted.push(oldest);
         }
-        session.results.insert(idem.request_id, response.clone());
+        session.results.insert(idem.request_id, encode(response));
         for oldest in evicted {
             self.dirty_page(client, oldest);
         }
@@ -1294,11 +1298,34 @@ impl State {
 }
 
 /// The record of `session`'s results page `page`: `None` when the page holds no result.
+///
+/// The record is bincode's encoding of `Vec<(u64, Response)>`, put together from the
+/// results' own encodings: bincode 1 (`bincode::serialize`) writes a sequence as its length
+/// (u64, little-endian) followed by its elements, and a tuple as its fields in order, so
+/// the page is the count, then each id (u64, little-endian) and its result's bytes.
+/// `load` decodes it as that type; a test holds the two encodings equal.
 fn encode_page(session: &Session, page: u64) -> Option<Vec<u8>> {
     let first = page * record::RESULTS_PER_PAGE;
     let last = first + (record::RESULTS_PER_PAGE - 1);
-    let results: Vec<(&u64, &Response)> = session.results.range(first..=last).collect();
-    (!results.is_empty()).then(|| encode(&results))
+    let results = session.results.range(first..=last);
+    let (count, bytes) = results.clone().fold((0u64, 8), |(n, b), (_, r)| (n + 1, b + 8 + r.len()));
+    if count == 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes);
+    out.extend_from_slice(&count.to_le_bytes());
+    for (id, result) in results {
+        out.extend_from_slice(&id.to_le_bytes());
+        out.extend_from_slice(result);
+    }
+    Some(out)
+}
+
+/// A remembered result, from the encoding `remember` or `load` made of it.
+fn decode_result(bytes: &[u8]) -> Response {
+    // Only this module's own encodings of a `Response` are kept (`load` decodes what it
+    // reads and encodes it again), so decoding cannot fail; a failure is a bug.
+    bincode::deserialize(bytes).expect("a remembered result decodes")
 }
 
 fn parse_results_key(key: &[u8]) -> Result<(String, u64), CorruptRecord> {

@@ -399,6 +399,35 @@ fn results_are_persisted_in_pages_that_eviction_rewrites_and_forgetting_removes(
 }
 
 #[test]
+fn a_results_page_is_bincodes_encoding_of_its_results() {
+    // `encode_page` puts a page together from the results' own encodings; it must be
+    // byte for byte what bincode makes of `Vec<(u64, Response)>`, which `load` decodes.
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut d = Driver::new();
+    d.state.take_changes();
+    let mut responses = BTreeMap::new();
+    for id in 1..=150u64 {
+        let response = d.apply_idem("c", id * 3, random_command(&mut rng));
+        responses.insert(id * 3, response);
+    }
+    let changes = d.state.take_changes();
+    let mut pages = 0;
+    for (key, value) in changes.iter().filter(|(k, _)| k[0] == record::RESULTS) {
+        let (_, page) = parse_results_key(key).expect("a results key");
+        let expected: Vec<(u64, Response)> = responses
+            .iter()
+            .filter(|(id, _)| record::results_page(**id) == page)
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+        let expected = bincode::serialize(&expected).expect("encode");
+        assert_eq!(value.as_deref(), Some(expected.as_slice()), "page {page} (seed {seed})");
+        pages += 1;
+    }
+    assert_eq!(pages, 8, "ids 3..=450 span pages 0..=7 (seed {seed})");
+}
+
+#[test]
 fn sessions_expire_after_the_window() {
     let mut d = Driver::new();
     d.apply(Command::Configure(Settings { dedup_window_ms: 1000, ..Settings::default() }));

@@ -92,7 +92,7 @@ impl PolicyService {
     fn remembered(&self, idem: &IdempotencyKey) -> Option<Changed> {
         match self.replica.state().read().remembered(idem) {
             Some(Applied::Policy { revision, change }) => {
-                Some(Changed { revision: *revision, change: change.clone(), contested: Vec::new() })
+                Some(Changed { revision, change, contested: Vec::new() })
             }
             _ => None,
         }
