@@ -209,6 +209,7 @@ impl Client {
             offline: Mutex::new(OfflineQueue::new(
                 config.offline_queue_count_max,
                 config.offline_queue_bytes_max,
+                Duration::from_millis(config.offline_write_age_max_ms),
             )),
             session: Mutex::new(SessionCache::new(config.session_keys_max)),
             config,
@@ -268,8 +269,10 @@ impl Client {
         lock(&self.inner.offline).len()
     }
 
-    /// Queued relaxed writes the cluster refused when they were finally sent (the most
-    /// recent [`offline::OFFLINE_REJECTIONS_MAX`]). Each one was definitely not applied.
+    /// Queued relaxed writes that were dropped from the offline queue (the most recent
+    /// [`offline::OFFLINE_REJECTIONS_MAX`]): refused by the cluster when finally sent, or
+    /// queued for longer than `offline_write_age_max_ms`. Each error says whether the write
+    /// may have been applied ([`Error::is_indeterminate`]).
     pub fn offline_rejections(&self) -> Vec<OfflineRejection> {
         lock(&self.inner.offline).rejections()
     }

@@ -46,6 +46,13 @@ pub struct ClientConfig {
     /// Bytes (keys + values + a fixed per-entry overhead) the offline queue may hold. Past it
     /// the call returns [`Error::Backpressure`]. Default: 4 MiB.
     pub offline_queue_bytes_max: usize,
+    /// How long a relaxed write may wait in the offline queue, ms: the bound on the drain's
+    /// retries. A write still queued after this is dropped and reported in
+    /// [`Client::offline_rejections`](crate::Client::offline_rejections), as
+    /// [`Error::Unavailable`] when it never reached a node (definitely not applied) or
+    /// [`Error::Indeterminate`] when a drain attempt may have applied it. Default: 600000
+    /// (10 minutes).
+    pub offline_write_age_max_ms: u64,
     /// Keys whose last relaxed write this client remembers for read-your-writes. At the limit
     /// the oldest entry is forgotten, and reads of that key lose the session guarantee (they
     /// still honour the field's staleness budget). Default: 10000.
@@ -80,6 +87,7 @@ impl Default for ClientConfig {
             backoff_max_ms: 500,
             offline_queue_count_max: 1_024,
             offline_queue_bytes_max: 4 << 20,
+            offline_write_age_max_ms: 600_000,
             session_keys_max: 10_000,
             lease_skew_margin_ms: 500,
             policy_refresh_ms: 5_000,
@@ -136,6 +144,7 @@ impl ClientConfig {
             ("policy_refresh_ms", self.policy_refresh_ms),
             ("offline_queue_count_max", self.offline_queue_count_max as u64),
             ("offline_queue_bytes_max", self.offline_queue_bytes_max as u64),
+            ("offline_write_age_max_ms", self.offline_write_age_max_ms),
             ("session_keys_max", self.session_keys_max as u64),
         ];
         for (name, value) in positive {
@@ -182,5 +191,8 @@ mod tests {
         config.backoff_base_ms = 1;
         config.session_keys_max = 0;
         assert!(config.validate().unwrap_err().to_string().contains("session_keys_max"));
+        config.session_keys_max = 1;
+        config.offline_write_age_max_ms = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("offline_write_age_max_ms"));
     }
 }

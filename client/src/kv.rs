@@ -529,7 +529,7 @@ impl Client {
         let key = op.key().to_vec();
         let value = own_value(&op);
         let expires_at = self.expiry(&op, sent_at);
-        let depth = lock(&inner.offline).push(Queued { request_id, op, require })?;
+        let depth = lock(&inner.offline).push(Queued::new(request_id, op, require))?;
         lock(&inner.session).record(&key, value, None, request_id, expires_at);
         inner.offline_wake.notify_one();
         Ok(Written::Queued { depth })

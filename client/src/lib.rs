@@ -73,7 +73,9 @@
 //! When no node is reachable, relaxed writes wait in a bounded, ordered offline queue
 //! (`offline_queue_count_max`, `offline_queue_bytes_max`; past either,
 //! [`Error::Backpressure`]) and drain in order on reconnect; [`Written::Queued`] tells the
-//! caller, and [`Client::offline_queue_depth`] shows the depth. Sacred writes never queue.
+//! caller, and [`Client::offline_queue_depth`] shows the depth. A write still queued after
+//! `offline_write_age_max_ms` is dropped and reported by [`Client::offline_rejections`].
+//! Sacred writes never queue.
 //! A client that starts while the whole cluster is down knows no policies yet, so it treats
 //! every key as sacred until its first refresh: nothing queues before then.
 //!

@@ -683,6 +683,45 @@ async fn offline_queue_is_bounded_and_drains_in_order() {
 }
 
 #[tokio::test]
+async fn queued_writes_past_the_age_bound_are_dropped_and_reported() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let node = Node::new(1, "eu", addr);
+    node.script().policies = vec![relaxed("cart/")];
+    node.script().members =
+        vec![pb::Member { id: 1, addr: node.addr.clone(), region: "eu".into(), voter: true }];
+    let running = serve(node.clone(), listener);
+    let mut cfg = config(&[&node.addr]);
+    cfg.retries_max = 1;
+    cfg.offline_write_age_max_ms = 300;
+    let client = Client::connect(cfg).await.expect("connect loads the policies");
+    running.shutdown().await;
+
+    for value in ["a", "b"] {
+        let written = client.put("cart/alice", value).await.expect("queued");
+        assert!(matches!(written, Written::Queued { .. }), "{written:?}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || client.offline_queue_depth() == 0).await,
+        "the drain gave up on both writes"
+    );
+    let rejections = client.offline_rejections();
+    assert_eq!(rejections.len(), 2, "{rejections:?}");
+    for rejection in &rejections {
+        assert_eq!(rejection.error.outcome(), Outcome::Definite, "never reached a node: {rejection:?}");
+        assert!(rejection.error.to_string().contains("offline_write_age_max_ms = 300"), "{rejection:?}");
+    }
+    let got = client.get("cart/alice").await;
+    assert!(!got.is_ok_and(|g| g.from_session), "a dropped write is no longer read back from the session");
+
+    // The node returns: nothing dropped is sent.
+    let listener = TcpListener::bind(addr).await.expect("rebind");
+    let _running = serve(node.clone(), listener);
+    client.put("cart/bob", "c").await.expect("applied");
+    assert_eq!(node.log().applied.len(), 1, "only the new write");
+}
+
+#[tokio::test]
 async fn session_cache_never_returns_older_than_own_write() {
     let (node, _r) = start(1, "eu").await;
     node.script().policies = vec![relaxed("cart/")];
