@@ -12,13 +12,14 @@ use seam_proto::v1::cluster_client::ClusterClient;
 use seam_proto::v1::policy_client::PolicyClient;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::backoff::backoff;
 use crate::config::{ClientConfig, REDIRECTS_MAX};
 use crate::error::{Effect, Error};
 use crate::offline::{self, OfflineQueue, OfflineRejection};
 use crate::session::SessionCache;
+use crate::transport::Conn;
 use crate::types::{Member, Policy, Tier};
 
 /// Members the client remembers. A larger membership is truncated (by id); the nodes left out
@@ -73,7 +74,7 @@ pub(crate) struct Inner {
     pub(crate) client_id: String,
     next_request_id: AtomicU64,
     rotor: AtomicUsize,
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Mutex<HashMap<String, Conn>>,
     view: Mutex<View>,
     policies: Mutex<PolicyTable>,
     pub(crate) session: Mutex<SessionCache>,
@@ -342,7 +343,7 @@ impl Inner {
         lock(&self.policies).policies.retain(|p| p.prefix != prefix);
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+    fn channel(&self, addr: &str) -> Result<Conn, Error> {
         let mut channels = lock(&self.channels);
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
@@ -353,10 +354,12 @@ impl Inner {
             max: 0,
             message: format!("bad node address {addr:?}: {e}"),
         })?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = Conn::new(
+            endpoint
+                .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        );
         if channels.len() >= CHANNELS_MAX {
             let victim = channels.keys().find(|a| !self.config.endpoints.contains(a)).cloned();
             if let Some(victim) = victim {
@@ -475,7 +478,7 @@ impl Inner {
     where
         Req: Clone,
         Resp: Headed,
-        F: Fn(Channel, Req) -> Fut,
+        F: Fn(Conn, Req) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let Call { mut route, effect, request_id, retries_max } = call;

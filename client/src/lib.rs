@@ -110,6 +110,7 @@ pub mod lease;
 pub mod offline;
 pub mod policy;
 mod session;
+pub mod transport;
 pub mod types;
 
 pub use admin::{Admin, ClusterStatus, Membership, NodeReport};

@@ -34,6 +34,7 @@ use std::time::Instant;
 use anyhow::bail;
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use seam_client::transport::Conn;
 use seam_client::Client;
 use seam_client::ClientConfig;
 use seam_client::Tier;
@@ -45,7 +46,6 @@ use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tonic::transport::Channel;
 
 /// Clients one run may use at most.
 pub const BENCH_CLIENTS_MAX: usize = 4096;
@@ -176,7 +176,7 @@ pub struct LagResult {
 #[derive(Clone)]
 enum Driver {
     Seam(Client),
-    Etcd(EtcdKv<Channel>),
+    Etcd(EtcdKv<Conn>),
     /// One connection; the lock is only ever contended while keys are pre-populated.
     Redis(Arc<tokio::sync::Mutex<Resp>>),
 }
@@ -377,7 +377,7 @@ async fn driver(args: &BenchArgs, regions: &[String], client_index: usize) -> an
                 .connect()
                 .await
                 .with_context(|| format!("connecting to {endpoint}"))?;
-            Ok(Driver::Etcd(EtcdKv::new(channel)))
+            Ok(Driver::Etcd(EtcdKv::new(Conn::new(channel))))
         }
     }
 }

@@ -23,6 +23,7 @@ use openraft::raft::InstallSnapshotRequest;
 use openraft::raft::InstallSnapshotResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
+use seam_client::transport::Conn;
 use seam_proto::v1::raft_client::RaftClient;
 use seam_proto::v1::RaftMessage;
 use seam_raft_storage::Node;
@@ -30,7 +31,6 @@ use seam_raft_storage::NodeId;
 use seam_raft_storage::TypeConfig;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use crate::peer::Peers;
 
@@ -69,7 +69,7 @@ pub struct Network {
     addr: String,
     peers: Peers,
     message_bytes_max: usize,
-    client: Option<RaftClient<Channel>>,
+    client: Option<RaftClient<Conn>>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
@@ -82,7 +82,7 @@ enum Rpc {
 }
 
 impl Network {
-    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
+    fn client(&mut self) -> Result<RaftClient<Conn>, Unreachable> {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }

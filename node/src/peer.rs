@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use seam_client::transport::Conn;
 use seam_raft_storage::NodeId;
-use tonic::transport::Channel;
 use tonic::transport::Endpoint;
 
 /// Peer channels kept at most; past it the pool is cleared and rebuilt lazily (addresses
@@ -123,7 +123,7 @@ pub struct LinkDown {
 /// A pool of lazily connected channels to peers, keyed by address.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
-    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    channels: Arc<Mutex<BTreeMap<String, Conn>>>,
     pub faults: Arc<Faults>,
 }
 
@@ -134,7 +134,7 @@ impl Peers {
 
     /// The channel to `addr` (`host:port`), created on first use. Connecting happens on the
     /// first call, so this never blocks.
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(&self, addr: &str) -> Result<Conn, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
@@ -142,7 +142,7 @@ impl Peers {
         if channels.len() >= PEER_CHANNELS_MAX {
             channels.clear();
         }
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = Conn::new(endpoint(addr)?.connect_lazy());
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

@@ -24,6 +24,7 @@ use openraft::error::ClientWriteError;
 use openraft::error::RaftError;
 use openraft::Raft;
 use openraft::ServerState;
+use seam_client::transport::Conn;
 use seam_proto::v1 as pb;
 use seam_proto::v1::raft_client::RaftClient;
 use seam_raft_storage::Command;
@@ -39,7 +40,6 @@ use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::sync::SemaphorePermit;
-use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::error::tier_to_pb;
@@ -204,7 +204,7 @@ impl Replica {
 
     /// The leader's channel, for forwarding; `NotLeader` when the request was already
     /// forwarded once (no forwarding loops) or no leader is known.
-    pub fn forward_channel(&self, header: Option<&pb::RequestHeader>) -> Result<Channel, NodeError> {
+    pub fn forward_channel(&self, header: Option<&pb::RequestHeader>) -> Result<Conn, NodeError> {
         let leader = self.leader();
         let forwarded = header.is_some_and(|h| h.forwarded);
         match leader {

@@ -247,7 +247,7 @@ impl RelaxedTier {
     pub(crate) async fn relaxed_client(
         &self,
         peer: NodeId,
-    ) -> Result<RelaxedClient<tonic::transport::Channel>, NodeError> {
+    ) -> Result<RelaxedClient<seam_client::transport::Conn>, NodeError> {
         let addr = self
             .peers()
             .get(&peer)
