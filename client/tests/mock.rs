@@ -448,6 +448,19 @@ async fn start(id: u64, region: &str) -> (Arc<Node>, Running) {
     (node, running)
 }
 
+/// A node whose `cart/` field is relaxed and that lists itself as the only member, and its
+/// address, so a test can stop it and start it again there.
+async fn start_relaxed_cart() -> (Arc<Node>, std::net::SocketAddr, Running) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let node = Node::new(1, "eu", addr);
+    node.script().policies = vec![relaxed("cart/")];
+    node.script().members =
+        vec![pb::Member { id: 1, addr: node.addr.clone(), region: "eu".into(), voter: true }];
+    let running = serve(node.clone(), listener);
+    (node, addr, running)
+}
+
 fn config(endpoints: &[&str]) -> ClientConfig {
     ClientConfig {
         endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
@@ -632,13 +645,7 @@ async fn offline_queue_is_bounded_and_drains_in_order() {
     println!("offline queue test seed {seed}");
     let count_max = 3 + (seed % 4) as usize;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let node = Node::new(1, "eu", addr);
-    node.script().policies = vec![relaxed("cart/")];
-    node.script().members =
-        vec![pb::Member { id: 1, addr: node.addr.clone(), region: "eu".into(), voter: true }];
-    let running = serve(node.clone(), listener);
+    let (node, addr, running) = start_relaxed_cart().await;
 
     let mut cfg = config(&[&node.addr]);
     cfg.retries_max = 1;
@@ -684,13 +691,7 @@ async fn offline_queue_is_bounded_and_drains_in_order() {
 
 #[tokio::test]
 async fn queued_writes_past_the_age_bound_are_dropped_and_reported() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let node = Node::new(1, "eu", addr);
-    node.script().policies = vec![relaxed("cart/")];
-    node.script().members =
-        vec![pb::Member { id: 1, addr: node.addr.clone(), region: "eu".into(), voter: true }];
-    let running = serve(node.clone(), listener);
+    let (node, addr, running) = start_relaxed_cart().await;
     let mut cfg = config(&[&node.addr]);
     cfg.retries_max = 1;
     cfg.offline_write_age_max_ms = 300;
