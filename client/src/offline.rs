@@ -226,11 +226,9 @@ impl Inner {
             Err(e) => Drained::Refused(e),
         }
     }
-}
 
-impl Inner {
-    /// Reports a write dropped from the queue and forgets its session entry (reads of the
-    /// key no longer see the dropped value).
+    /// Reports a write dropped from the queue and forgets its session entry, unless a later
+    /// write of the key has replaced it (reads no longer see the dropped value).
     fn report_dropped(&self, item: &Queued, error: Error) {
         tracing::warn!(request_id = item.request_id, error = %error, "seam client: queued relaxed write dropped");
         lock(&self.offline).reject(OfflineRejection {
@@ -238,7 +236,7 @@ impl Inner {
             request_id: item.request_id,
             error,
         });
-        lock(&self.session).forget(item.op.key());
+        lock(&self.session).forget_write(item.op.key(), item.request_id);
     }
 }
 

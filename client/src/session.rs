@@ -118,10 +118,18 @@ impl SessionCache {
         self.entries.get(key).and_then(|e| e.floor)
     }
 
-    /// Forgets `key` (its queued write was refused, or a sacred read superseded it).
+    /// Forgets `key` (a sacred read superseded it).
     pub(crate) fn forget(&mut self, key: &[u8]) {
         if let Some(old) = self.entries.remove(key) {
             self.order.remove(&old.seq);
+        }
+    }
+
+    /// Forgets `key` if its entry is still the write `request_id` (a queued write that was
+    /// dropped): a later write of the key, queued behind it, stays readable.
+    pub(crate) fn forget_write(&mut self, key: &[u8], request_id: u64) {
+        if self.entries.get(key).is_some_and(|e| e.request_id == request_id) {
+            self.forget(key);
         }
     }
 
@@ -152,6 +160,18 @@ mod tests {
 
     fn hlc(ms: u64) -> Option<Hlc> {
         Some(Hlc { physical_ms: ms, logical: 0, node: 1 })
+    }
+
+    #[test]
+    fn dropping_a_queued_write_keeps_a_later_one_of_the_same_key() {
+        let now = Instant::now();
+        let mut cache = SessionCache::new(4);
+        cache.record(b"k", Some(b"first".to_vec()), None, 1, None);
+        cache.record(b"k", Some(b"second".to_vec()), None, 2, None);
+        cache.forget_write(b"k", 1);
+        assert_eq!(cache.judge(b"k", hlc(50), now), Verdict::Own(Some(b"second".to_vec()), None));
+        cache.forget_write(b"k", 2);
+        assert_eq!(cache.judge(b"k", hlc(50), now), Verdict::Server);
     }
 
     #[test]
