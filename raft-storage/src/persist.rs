@@ -6,10 +6,12 @@
 //! sled is not the durable source (the log is; see [`crate::sm`]), the writes go to one
 //! thread through a bounded queue instead:
 //!
-//! - Each queued item is the change list of one whole `apply` call (or a full replacement
-//!   by a snapshot install). The thread merges everything queued into one `sled::Batch`, in
-//!   order, so a batch always ends at an apply boundary and carries the applied log id of
-//!   that boundary: sled still never holds a result without its applied index.
+//! - Each queued item is the change list taken from the state at one apply boundary (see
+//!   [`crate::sm`]: the changes of all the applies since the previous take), or a full
+//!   replacement by a snapshot install. The thread merges everything queued into one
+//!   `sled::Batch`, in order, so a batch always ends at an apply boundary and carries the
+//!   applied log id of that boundary: sled still never holds a result without its applied
+//!   index.
 //! - After the first change the thread keeps taking what is queued, for up to
 //!   `PERSIST_COALESCE_MS` or `PERSIST_MERGE_MAX` items, then writes once: under load many
 //!   applies share one sled write (and repeated records, like the applied log id or a hot
@@ -96,9 +98,16 @@ impl Persister {
         self.tx.as_ref().ok_or_else(|| "the persister has stopped".to_string())
     }
 
-    /// Queues the changes of one apply call.
+    /// Queues the changes taken from the state at one apply boundary.
     pub(crate) async fn submit(&self, changes: Vec<Change>) -> Result<(), String> {
         self.sender()?.send(Item::Changes(changes)).await.map_err(|_| "the persister has stopped".to_string())
+    }
+
+    /// Queues changes without waiting, if the queue has room (for a store being dropped).
+    pub(crate) fn try_submit(&self, changes: Vec<Change>) -> Result<(), String> {
+        self.sender()?
+            .try_send(Item::Changes(changes))
+            .map_err(|e| format!("the persister did not take them: {e}"))
     }
 
     /// Queues a full replacement of sled's content.

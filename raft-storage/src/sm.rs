@@ -6,13 +6,20 @@
 //! Invariants:
 //! - An `apply` call applies its entries to [`State`] under one write lock, so a reader sees
 //!   the state before or after the whole batch, never in between.
-//! - The records an apply call changed, including the applied log id, go to sled in one
-//!   atomic `sled::Batch`: sled never holds a result without its applied index or the other
-//!   way round.
+//! - The records changed since the last take, including the applied log id, are taken from
+//!   the state at an apply boundary (under the write lock) and go to sled in one atomic
+//!   `sled::Batch`: sled never holds a result without its applied index or the other way
+//!   round.
+//! - Changes are taken at most every [`TAKE_CHANGES_EVERY_MS`] (by `apply`, or by a ticker
+//!   task when no apply comes), or sooner once [`PENDING_CHANGES_MAX`] records wait: a
+//!   client's results page or a hot key changed by many applies is encoded once per take,
+//!   not once per apply (docs/benchmarks.md). Takes and their hand-off to the persister are
+//!   serialized by one async mutex, which a snapshot install holds too, so the persister
+//!   sees them in order and never after a replacement they predate.
 //! - sled is not synced on apply, nor written inline: a persister thread (module `persist`)
-//!   writes the change lists of whole apply calls in order, merged under load. The log is
-//!   the durable source: on restart openraft re-applies the committed entries after sled's
-//!   applied log id, and applying is deterministic, so what sled lost is recomputed exactly.
+//!   writes the taken change lists in order, merged under load. The log is the durable
+//!   source: on restart openraft re-applies the committed entries after sled's applied log
+//!   id, and applying is deterministic, so what sled lost is recomputed exactly.
 //! - purged <= snapshot <= applied. A built snapshot's file is durable before openraft
 //!   learns of it, so before openraft purges the log up to it. A received snapshot's file is
 //!   made durable first thing in `install_snapshot`, and a purge past it waits for that
@@ -34,6 +41,9 @@ use std::sync::Arc;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
 use std::sync::RwLockWriteGuard;
+use std::sync::Weak;
+use std::time::Duration;
+use std::time::Instant;
 
 use openraft::storage::RaftStateMachine;
 use openraft::OptionalSend;
@@ -75,13 +85,25 @@ impl StateHandle {
     }
 }
 
+/// Applied changes wait in the state at most this long before they are taken for sled
+/// (half the persister's merge window, so a busy node's takes still merge in pairs).
+pub const TAKE_CHANGES_EVERY_MS: u64 = crate::persist::PERSIST_COALESCE_MS / 2;
+/// Records waiting in the state at most before `apply` takes them early (bounds the memory
+/// of what applies have changed but not yet handed to the persister).
+pub const PENDING_CHANGES_MAX: usize = 65_536;
+
 /// openraft's state machine storage for Seam.
 #[derive(Debug)]
 pub struct StateMachineStore {
     state: StateHandle,
     db: sled::Db,
     db_path: PathBuf,
-    persister: Persister,
+    persister: Arc<Persister>,
+    /// Held while changes are taken and handed to the persister (and across a snapshot
+    /// install); holds when they were last taken.
+    taken: Arc<tokio::sync::Mutex<Instant>>,
+    /// Whether the ticker task that takes changes when no apply comes is running.
+    ticking: bool,
     snapshots: Arc<Snapshots>,
     _lock: Arc<DirLock>,
 }
@@ -196,10 +218,24 @@ impl StateMachineStore {
             state: StateHandle { state: Arc::new(RwLock::new(state)) },
             db,
             db_path: path.to_path_buf(),
-            persister,
+            persister: Arc::new(persister),
+            taken: Arc::new(tokio::sync::Mutex::new(Instant::now())),
+            ticking: false,
             snapshots,
             _lock: lock,
         })
+    }
+
+    /// Starts the task that takes changes no apply has taken once they are
+    /// [`TAKE_CHANGES_EVERY_MS`] old. It ends when the store is dropped.
+    fn start_ticker(&mut self) {
+        if self.ticking {
+            return;
+        }
+        self.ticking = true;
+        let (state, taken, persister) =
+            (self.state.clone(), self.taken.clone(), Arc::downgrade(&self.persister));
+        tokio::spawn(run_ticker(state, taken, persister));
     }
 
     /// A read handle on the applied state, for the node's reads.
@@ -212,11 +248,69 @@ impl StateMachineStore {
         self.db.size_on_disk().map_err(std::io::Error::other)
     }
 
+    /// The applied log id sled holds now: behind the state by the changes not yet taken
+    /// and not yet written (at most about [`TAKE_CHANGES_EVERY_MS`] plus the persister's
+    /// merge window while the node is healthy).
+    pub fn persisted_applied(&self) -> std::io::Result<Option<LogId>> {
+        let Some(bytes) = self.db.get(crate::state::record::META_APPLIED).map_err(std::io::Error::other)?
+        else {
+            return Ok(None);
+        };
+        bincode::deserialize(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
     /// Waits until every applied change is in sled, then flushes sled's buffers to its
     /// files. Not needed for correctness (see the module docs); useful before measuring or
     /// a clean shutdown, to shorten the next start.
     pub async fn flush(&self) -> std::io::Result<()> {
+        {
+            let mut taken = self.taken.lock().await;
+            let changes = self.state.write().take_changes();
+            *taken = Instant::now();
+            if !changes.is_empty() {
+                self.persister.submit(changes).await.map_err(std::io::Error::other)?;
+            }
+        }
         self.persister.barrier(true).await.map_err(std::io::Error::other)
+    }
+}
+
+/// Takes the changes of applies that are [`TAKE_CHANGES_EVERY_MS`] old when no apply has
+/// taken them, until the store (its persister) is dropped.
+async fn run_ticker(state: StateHandle, taken: Arc<tokio::sync::Mutex<Instant>>, persister: Weak<Persister>) {
+    let every = Duration::from_millis(TAKE_CHANGES_EVERY_MS);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(persister) = persister.upgrade() else { return };
+        let mut last = taken.lock().await;
+        if last.elapsed() < every {
+            continue;
+        }
+        let changes = state.write().take_changes();
+        *last = Instant::now();
+        if changes.is_empty() {
+            continue;
+        }
+        if let Err(e) = persister.submit(changes).await {
+            // The next apply's hand-off fails the same way and stops the Raft node.
+            tracing::error!(error = %e, "taking applied changes for sled");
+            return;
+        }
+    }
+}
+
+impl Drop for StateMachineStore {
+    fn drop(&mut self) {
+        // What applies changed since the last take, so that a clean close leaves sled
+        // complete (a crash does not need it: the log replays). Only while no take is being
+        // handed over (the ticker's): a later take must never reach the persister first.
+        let Ok(_taking) = self.taken.try_lock() else { return };
+        let changes = self.state.write().take_changes();
+        if !changes.is_empty() {
+            if let Err(e) = self.persister.try_submit(changes) {
+                tracing::warn!(error = %e, "closing the state machine: recent applies left to the log");
+            }
+        }
     }
 }
 
@@ -233,13 +327,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.start_ticker();
+        let mut last = self.taken.lock().await;
         let (responses, changes) = {
             let mut state = self.state.write();
             let responses: Vec<Response> = entries.into_iter().map(|entry| state.apply(&entry)).collect();
-            (responses, state.take_changes())
+            let due = last.elapsed() >= Duration::from_millis(TAKE_CHANGES_EVERY_MS)
+                || state.pending_changes() >= PENDING_CHANGES_MAX;
+            (responses, due.then(|| state.take_changes()))
         };
-        if !changes.is_empty() {
-            self.persister.submit(changes).await.map_err(error::write_state_machine)?;
+        if let Some(changes) = changes {
+            *last = Instant::now();
+            if !changes.is_empty() {
+                self.persister.submit(changes).await.map_err(error::write_state_machine)?;
+            }
         }
         Ok(responses)
     }
@@ -268,10 +369,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(error::write_snapshot)?
             .map_err(error::write_snapshot)?;
+        // The old state's untaken changes go with it; no take may reach the persister
+        // between the replacement of the state and that of sled.
+        let mut last = self.taken.lock().await;
         *self.state.write() = state;
+        *last = Instant::now();
         self.persister.replace(records).await.map_err(|e| {
             error::write_state_machine(format!("installing a snapshot into {}: {e}", self.db_path.display()))
         })?;
+        drop(last);
         self.snapshots.set_installing(false);
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())

@@ -362,6 +362,13 @@ impl State {
         changes
     }
 
+    /// Records `take_changes` would return now, roughly (0: nothing to persist). Bounds how
+    /// many applies the store lets accumulate before it takes them.
+    pub fn pending_changes(&self) -> usize {
+        let meta = usize::from(self.meta_dirty) + usize::from(self.config_dirty);
+        self.changes.len() + self.dirty_sessions.len() + self.dirty_pages.len() + meta
+    }
+
     // ---- reads ---------------------------------------------------------------------------
 
     /// The last applied log id.

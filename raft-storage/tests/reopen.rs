@@ -76,6 +76,24 @@ async fn vote_log_committed_applied_and_snapshot_survive_reopen() {
 }
 
 #[tokio::test]
+async fn applied_changes_reach_sled_without_another_apply() {
+    // Changes are taken from the state every TAKE_CHANGES_EVERY_MS, by the next apply or,
+    // when none comes, by the store's ticker: an idle node's sled catches up by itself.
+    let tmp = TempDir::new().expect("tempdir");
+    let (mut log, mut sm) = open_data(&tmp.path().join("data"));
+    log.blocking_append([membership(1, 1)]).await.expect("append");
+    log.blocking_append((2..=10).map(|i| put(1, i))).await.expect("append");
+    sm.apply(read_log(&mut log).await).await.expect("apply");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut persisted = sm.persisted_applied().expect("read sled");
+    while persisted != Some(log_id(1, 1, 10)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        persisted = sm.persisted_applied().expect("read sled");
+    }
+    assert_eq!(persisted, Some(log_id(1, 1, 10)), "sled caught up with no further apply");
+}
+
+#[tokio::test]
 async fn sled_behind_the_snapshot_is_reinstalled_from_it() {
     // sled is not synced on apply, so a crash can leave it behind the snapshot, with the log
     // purged in between. Losing sled entirely is the extreme case (and the documented way to
