@@ -62,6 +62,7 @@ use crate::snapshot::snapshot_id;
 use crate::snapshot::Records;
 use crate::snapshot::Snapshots;
 use crate::snapshot::StoredSnapshot;
+use crate::state::Change;
 use crate::state::State;
 use crate::types::*;
 
@@ -263,16 +264,23 @@ impl StateMachineStore {
     /// files. Not needed for correctness (see the module docs); useful before measuring or
     /// a clean shutdown, to shorten the next start.
     pub async fn flush(&self) -> std::io::Result<()> {
-        {
-            let mut taken = self.taken.lock().await;
-            let changes = self.state.write().take_changes();
-            *taken = Instant::now();
-            if !changes.is_empty() {
-                self.persister.submit(changes).await.map_err(std::io::Error::other)?;
-            }
-        }
+        let mut last = self.taken.lock().await;
+        let changes = self.state.write().take_changes();
+        hand_off(&mut last, changes, &self.persister).await.map_err(std::io::Error::other)?;
+        drop(last);
         self.persister.barrier(true).await.map_err(std::io::Error::other)
     }
+}
+
+/// Hands changes just taken from the state to the persister and notes the time of the take.
+/// The caller holds the `taken` mutex (`last`) from the take through this call, so takes
+/// reach the persister in the order they were made.
+async fn hand_off(last: &mut Instant, changes: Vec<Change>, persister: &Persister) -> Result<(), String> {
+    *last = Instant::now();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    persister.submit(changes).await
 }
 
 /// Takes the changes of applies that are [`TAKE_CHANGES_EVERY_MS`] old when no apply has
@@ -287,11 +295,7 @@ async fn run_ticker(state: StateHandle, taken: Arc<tokio::sync::Mutex<Instant>>,
             continue;
         }
         let changes = state.write().take_changes();
-        *last = Instant::now();
-        if changes.is_empty() {
-            continue;
-        }
-        if let Err(e) = persister.submit(changes).await {
+        if let Err(e) = hand_off(&mut last, changes, &persister).await {
             // The next apply's hand-off fails the same way and stops the Raft node.
             tracing::error!(error = %e, "taking applied changes for sled");
             return;
@@ -337,10 +341,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             (responses, due.then(|| state.take_changes()))
         };
         if let Some(changes) = changes {
-            *last = Instant::now();
-            if !changes.is_empty() {
-                self.persister.submit(changes).await.map_err(error::write_state_machine)?;
-            }
+            hand_off(&mut last, changes, &self.persister).await.map_err(error::write_state_machine)?;
         }
         Ok(responses)
     }
