@@ -6,6 +6,7 @@
 //! the state machine of `seam-raft-storage`), [`service`] (the gRPC API), [`server`]
 //! (start and stop), [`http`] and [`metrics`] (observability).
 
+pub mod batch;
 pub mod bench;
 pub mod cli;
 pub mod config;

@@ -41,6 +41,9 @@ use tokio::sync::oneshot;
 use tokio::sync::Semaphore;
 use tokio::sync::SemaphorePermit;
 
+use crate::batch::Batchable;
+use crate::batch::Batcher;
+use crate::batch::Limits;
 use crate::config::Config;
 use crate::error::tier_to_pb;
 use crate::error::NodeError;
@@ -78,6 +81,14 @@ pub const PROPOSAL_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// and sync, an apply), so larger batches do more with the same CPU. Measured against two
 /// (docs/benchmarks.md): put@64 +6%, put@16 +10%, put@4 +3%, put@1 unchanged.
 pub const PROPOSAL_BATCHES_INFLIGHT_MAX: usize = 1;
+/// Waiting proposals one batch looks at at most (those it sets aside included); bounds
+/// both the work of forming a batch and how many proposals wait outside the queue.
+pub const PROPOSALS_SCANNED_MAX: usize = 2 * PROPOSAL_BATCH_MAX;
+const BATCH_LIMITS: Limits = Limits {
+    proposals_max: PROPOSAL_BATCH_MAX,
+    bytes_max: PROPOSAL_BATCH_BYTES_MAX,
+    scanned_max: PROPOSALS_SCANNED_MAX,
+};
 
 /// One caller's proposal and where to send its response.
 struct Proposal {
@@ -443,6 +454,15 @@ async fn run_read_rounds(inner: std::sync::Weak<Inner>, mut waiters: mpsc::Recei
     }
 }
 
+impl Batchable for Proposal {
+    fn keys(&self) -> Option<Vec<&[u8]>> {
+        touched_keys(&self.request.command)
+    }
+    fn bytes(&self) -> usize {
+        payload_bytes(&self.request.command)
+    }
+}
+
 /// The keys a command touches, or `None` for a command that must travel alone (policies,
 /// settings: they change how every key is treated).
 fn touched_keys(command: &Command) -> Option<Vec<&[u8]>> {
@@ -489,15 +509,15 @@ fn payload_bytes(command: &Command) -> usize {
 
 /// Batches proposals into entries until the replica is dropped.
 ///
-/// Takes the first waiting proposal, waits for an in-flight slot (meanwhile more queue up),
-/// then adds every queued proposal that touches none of the batch's keys, up to the batch
-/// bounds; a conflicting or exclusive one starts the next batch. A batch of one is proposed
-/// as is. Every waiter gets its own response, or the batch's error.
+/// Takes the oldest waiting proposal, waits for an in-flight slot (meanwhile more queue
+/// up), then lets [`Batcher`] pick the ones that join it (crate::batch: no key twice, each
+/// key's order kept). A batch of one is proposed as is. Every waiter gets its own
+/// response, or the batch's error.
 async fn run_proposals(inner: std::sync::Weak<Inner>, mut queued: mpsc::Receiver<Proposal>) {
     let slots = Arc::new(Semaphore::new(PROPOSAL_BATCHES_INFLIGHT_MAX));
-    let mut carry: Option<Proposal> = None;
+    let mut batcher = Batcher::new(BATCH_LIMITS);
     loop {
-        let first = match carry.take() {
+        let first = match batcher.take_set_aside() {
             Some(p) => p,
             None => match queued.recv().await {
                 Some(p) => p,
@@ -505,27 +525,7 @@ async fn run_proposals(inner: std::sync::Weak<Inner>, mut queued: mpsc::Receiver
             },
         };
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        if let Some(first_keys) = touched_keys(&batch[0].request.command) {
-            let mut keys: std::collections::HashSet<Vec<u8>> =
-                first_keys.into_iter().map(<[u8]>::to_vec).collect();
-            let mut bytes = payload_bytes(&batch[0].request.command);
-            while batch.len() < PROPOSAL_BATCH_MAX {
-                let Ok(next) = queued.try_recv() else { break };
-                let fits = bytes + payload_bytes(&next.request.command) <= PROPOSAL_BATCH_BYTES_MAX;
-                match touched_keys(&next.request.command) {
-                    Some(next_keys) if fits && next_keys.iter().all(|k| !keys.contains(*k)) => {
-                        keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
-                        bytes += payload_bytes(&next.request.command);
-                        batch.push(next);
-                    }
-                    _ => {
-                        carry = Some(next);
-                        break;
-                    }
-                }
-            }
-        }
+        let mut batch = batcher.form(first, || queued.try_recv().ok());
         let Some(strong) = inner.upgrade() else { return };
         let replica = Replica { inner: strong };
         tokio::spawn(async move {
