@@ -12,7 +12,6 @@ use seam_proto::v1::cluster_client::ClusterClient;
 use seam_proto::v1::policy_client::PolicyClient;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tonic::transport::Endpoint;
 
 use crate::backoff::backoff;
 use crate::config::{ClientConfig, REDIRECTS_MAX};
@@ -20,6 +19,7 @@ use crate::error::{Effect, Error};
 use crate::offline::{self, OfflineQueue, OfflineRejection};
 use crate::session::SessionCache;
 use crate::transport::Conn;
+use crate::transport::Settings;
 use crate::types::{Member, Policy, Tier};
 
 /// Members the client remembers. A larger membership is truncated (by id); the nodes left out
@@ -348,18 +348,15 @@ impl Inner {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = Endpoint::from_shared(uri).map_err(|e| Error::InvalidArgument {
+        let settings = Settings {
+            connect_timeout: Duration::from_millis(self.config.connect_timeout_ms),
+            keepalive: None,
+        };
+        let channel = Conn::lazy(addr, settings).map_err(|e| Error::InvalidArgument {
             limit: String::new(),
             max: 0,
-            message: format!("bad node address {addr:?}: {e}"),
+            message: e.to_string(),
         })?;
-        let channel = Conn::new(
-            endpoint
-                .connect_timeout(Duration::from_millis(self.config.connect_timeout_ms))
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        );
         if channels.len() >= CHANNELS_MAX {
             let victim = channels.keys().find(|a| !self.config.endpoints.contains(a)).cloned();
             if let Some(victim) = victim {

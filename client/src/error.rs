@@ -350,8 +350,9 @@ impl Error {
     }
 }
 
-/// True when the status says the request never reached the wire: tonic wraps connection
-/// failures in [`tonic::ConnectError`], and a channel that was never ready reports
+/// True when the status says the request never reached the wire: [`Conn`] puts a
+/// [`NotSent`] in the status's sources (tonic's own channel a [`tonic::ConnectError`]), and a
+/// channel that was never ready reports
 /// "Service was not ready".
 fn never_sent(status: &tonic::Status) -> bool {
     let mut source = status.source();
@@ -359,7 +360,9 @@ fn never_sent(status: &tonic::Status) -> bool {
     // The source chain is short; the bound only guards against a cyclic chain.
     const SOURCE_DEPTH_MAX: usize = 16;
     while let Some(err) = source {
-        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+        if err.downcast_ref::<tonic::ConnectError>().is_some()
+            || err.downcast_ref::<crate::transport::NotSent>().is_some()
+        {
             return true;
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {

@@ -373,18 +373,11 @@ async fn driver(args: &BenchArgs, regions: &[String], client_index: usize) -> an
         }
         Target::Etcd => {
             let endpoint = &args.endpoints[client_index % args.endpoints.len()];
-            let channel = seam_node_endpoint(endpoint)?
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {endpoint}"))?;
-            Ok(Driver::Etcd(EtcdKv::new(Conn::new(channel))))
+            let conn = Conn::lazy(endpoint, crate::peer::PEER_CONN)?;
+            conn.connect().await.with_context(|| format!("connecting to {endpoint}"))?;
+            Ok(Driver::Etcd(EtcdKv::new(conn)))
         }
     }
-}
-
-fn seam_node_endpoint(addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
-    let addr = addr.trim_start_matches("http://");
-    Ok(crate::peer::endpoint(addr)?)
 }
 
 /// How many connections the clients share: `--conns`, or one per client when it is 0.

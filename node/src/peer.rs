@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use seam_client::transport::BadAddress;
 use seam_client::transport::Conn;
+use seam_client::transport::Keepalive;
+use seam_client::transport::Settings;
 use seam_raft_storage::NodeId;
-use tonic::transport::Endpoint;
 
 /// Peer channels kept at most; past it the pool is cleared and rebuilt lazily (addresses
 /// change only with membership, so this bounds the pool without ever refusing a peer).
@@ -134,7 +136,7 @@ impl Peers {
 
     /// The channel to `addr` (`host:port`), created on first use. Connecting happens on the
     /// first call, so this never blocks.
-    pub fn channel(&self, addr: &str) -> Result<Conn, tonic::transport::Error> {
+    pub fn channel(&self, addr: &str) -> Result<Conn, BadAddress> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
@@ -142,17 +144,15 @@ impl Peers {
         if channels.len() >= PEER_CHANNELS_MAX {
             channels.clear();
         }
-        let channel = Conn::new(endpoint(addr)?.connect_lazy());
+        let channel = Conn::lazy(addr, PEER_CONN)?;
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
 }
 
-/// A gRPC endpoint for `host:port` with the node's connection settings.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
-}
+/// How nodes connect to each other (and the benchmark to etcd): keep-alive pings every
+/// 10 s close a connection unanswered for 5 s, so a partitioned peer's is made anew.
+pub const PEER_CONN: Settings = Settings {
+    connect_timeout: Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+    keepalive: Some(Keepalive { interval: Duration::from_secs(10), timeout: Duration::from_secs(5) }),
+};
