@@ -19,7 +19,6 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,11 +68,17 @@ struct Inner {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     settings: Settings,
-    /// The live connection's handle, if any. An async mutex: callers that find none wait
-    /// for one connect instead of each making their own.
-    sender: tokio::sync::Mutex<Option<(u64, h2::client::SendRequest<Bytes>)>>,
+    /// The live connection. An async mutex: callers that find none wait for one connect
+    /// instead of each making their own.
+    slot: tokio::sync::Mutex<Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
     /// Connections made so far: tells a stale handle from the current one.
-    generations: AtomicU64,
+    generation: u64,
+    /// The live connection's handle, if any.
+    sender: Option<h2::client::SendRequest<Bytes>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -126,14 +131,7 @@ impl Conn {
             return Err(bad("a path is not allowed"));
         }
         let addr = authority.as_str().to_string();
-        let inner = Inner {
-            addr,
-            scheme,
-            authority,
-            settings,
-            sender: Default::default(),
-            generations: AtomicU64::new(0),
-        };
+        let inner = Inner { addr, scheme, authority, settings, slot: Default::default() };
         Ok(Conn { inner: Arc::new(inner) })
     }
 
@@ -158,7 +156,7 @@ impl Conn {
         let empty = frames.is_empty();
         let (response, mut stream) = sender
             .send_request(request, empty)
-            .map_err(|e| unavailable(inner.not_sent("the connection refused a new stream", &e)))?;
+            .map_err(|e| unavailable(inner.not_sent(format!("the connection refused a new stream: {e}"))))?;
         // From here the request may have reached the server: errors are not `NotSent`.
         let last = frames.len().saturating_sub(1);
         for (i, frame) in frames.into_iter().enumerate() {
@@ -179,14 +177,14 @@ fn unavailable(e: NotSent) -> BoxError {
 impl Inner {
     /// The live connection's handle and its generation, connecting first if there is none.
     async fn sender(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), NotSent> {
-        let mut slot = self.sender.lock().await;
-        if let Some((generation, sender)) = slot.as_ref() {
-            return Ok((*generation, sender.clone()));
+        let mut slot = self.slot.lock().await;
+        if let Some(sender) = &slot.sender {
+            return Ok((slot.generation, sender.clone()));
         }
         let sender = self.dial().await?;
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
-        *slot = Some((generation, sender.clone()));
-        Ok((generation, sender))
+        slot.generation += 1;
+        slot.sender = Some(sender.clone());
+        Ok((slot.generation, sender))
     }
 
     /// A handle ready to open a stream. A connection found closed is forgotten and made
@@ -198,25 +196,29 @@ impl Inner {
             Err(e) => {
                 tracing::debug!(addr = %self.addr, error = %e, "connection closed; connecting again");
                 {
-                    let mut slot = self.sender.lock().await;
-                    if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
-                        *slot = None;
+                    let mut slot = self.slot.lock().await;
+                    if slot.generation == generation {
+                        slot.sender = None;
                     }
                 }
                 let (_, sender) = self.sender().await?;
-                sender.ready().await.map_err(|e| self.not_sent("the new connection closed at once", &e))
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| self.not_sent(format!("the new connection closed at once: {e}")))
             }
         }
     }
 
-    fn not_sent(&self, reason: &str, e: &h2::Error) -> NotSent {
-        // The h2 error goes into the text, not the source: tonic would turn an h2 error it
-        // finds in the chain into a status of its own and drop the `NotSent`.
-        NotSent { addr: self.addr.clone(), reason: format!("{reason}: {e}"), source: None }
+    /// A `NotSent` with no source. An h2 error goes into the text, never the source: tonic
+    /// would turn an h2 error it finds in the chain into a status of its own and drop the
+    /// `NotSent`.
+    fn not_sent(&self, reason: String) -> NotSent {
+        NotSent { addr: self.addr.clone(), reason, source: None }
     }
 
     async fn dial(&self) -> Result<h2::client::SendRequest<Bytes>, NotSent> {
-        let not_sent = |reason: String| NotSent { addr: self.addr.clone(), reason, source: None };
+        let not_sent = |reason| self.not_sent(reason);
         let handshake = async {
             let tcp = tokio::net::TcpStream::connect(&self.addr).await.map_err(|e| NotSent {
                 addr: self.addr.clone(),
@@ -359,7 +361,7 @@ mod tests {
     use super::*;
     use seam_proto::v1 as pb;
     use seam_proto::v1::kv_client::KvClient;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
     const SETTINGS: Settings = Settings { connect_timeout: Duration::from_secs(2), keepalive: None };
