@@ -53,11 +53,6 @@ impl<P: Batchable> Batcher<P> {
         self.set_aside.pop_front()
     }
 
-    /// How many proposals are set aside.
-    pub fn set_aside_len(&self) -> usize {
-        self.set_aside.len()
-    }
-
     /// The batch that starts with `first` (the oldest waiting proposal): every proposal the
     /// scan reaches, set-aside ones first and then those `queued` yields, that touches none
     /// of the batch's keys nor a key of one set aside before it, up to the limits.
@@ -76,10 +71,11 @@ impl<P: Batchable> Batcher<P> {
                 aside.push_back(next);
                 break;
             };
+            let next_bytes = next.bytes();
             let free = next_keys.iter().all(|k| !keys.contains(*k) && !aside_keys.contains(*k));
-            if free && bytes + next.bytes() <= self.limits.bytes_max {
+            if free && bytes + next_bytes <= self.limits.bytes_max {
                 keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
-                bytes += next.bytes();
+                bytes += next_bytes;
                 batch.push(next);
             } else {
                 aside_keys.extend(next_keys.into_iter().map(<[u8]>::to_vec));
@@ -127,7 +123,7 @@ mod tests {
         let mut batches = Vec::new();
         while let Some(first) = batcher.take_set_aside().or_else(|| queue.pop_front()) {
             batches.push(batcher.form(first, || queue.pop_front()));
-            assert!(batcher.set_aside_len() <= batcher.limits.scanned_max);
+            assert!(batcher.set_aside.len() <= batcher.limits.scanned_max);
         }
         batches
     }
