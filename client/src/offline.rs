@@ -157,10 +157,15 @@ impl OfflineQueue {
     /// Removes the front item if it is still `request_id`.
     fn pop(&mut self, request_id: u64) {
         if self.items.front().is_some_and(|q| q.request_id == request_id) {
-            if let Some(item) = self.items.pop_front() {
-                self.bytes -= item.op.bytes();
-            }
+            self.pop_front();
         }
+    }
+
+    /// Removes the front item, keeping the byte count.
+    fn pop_front(&mut self) -> Option<Queued> {
+        let item = self.items.pop_front()?;
+        self.bytes -= item.op.bytes();
+        Some(item)
     }
 
     /// Notes that the front item, if it is still `request_id`, may have been applied.
@@ -180,8 +185,7 @@ impl OfflineQueue {
                 break;
             }
             let error = front.expired(waited, self.age_max);
-            if let Some(item) = self.items.pop_front() {
-                self.bytes -= item.op.bytes();
+            if let Some(item) = self.pop_front() {
                 expired.push((item, error));
             }
         }
