@@ -257,7 +257,8 @@ impl StateMachineStore {
         else {
             return Ok(None);
         };
-        bincode::deserialize(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        crate::state::decode_applied(&bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
     /// Waits until every applied change is in sled, then flushes sled's buffers to its

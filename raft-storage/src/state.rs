@@ -183,6 +183,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("bincode encodes in-memory state")
 }
 
+/// The applied log id as sled stores it (record [`record::META_APPLIED`]).
+pub(crate) fn decode_applied(bytes: &[u8]) -> Result<Option<LogId>, CorruptRecord> {
+    decode(record::META_APPLIED, bytes)
+}
+
 fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, CorruptRecord> {
     bincode::deserialize(bytes)
         .map_err(|e| CorruptRecord { key: String::from_utf8_lossy(key).into_owned(), reason: e.to_string() })
@@ -251,7 +256,7 @@ impl State {
                     }
                 }
                 record::META => match key.as_slice() {
-                    record::META_APPLIED => state.applied = decode(&key, &value)?,
+                    record::META_APPLIED => state.applied = decode_applied(&value)?,
                     record::META_MEMBERSHIP => state.membership = decode(&key, &value)?,
                     record::META_NOW => state.now_ms = decode(&key, &value)?,
                     record::META_SETTINGS => state.settings = decode(&key, &value)?,
