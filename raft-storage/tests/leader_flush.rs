@@ -1,14 +1,21 @@
-//! The leader flushes its own log while it replicates (Seam's openraft patch,
-//! `vendor/openraft/SEAM-PATCH.md`), and counts itself in a quorum only once its flush is
-//! done.
+//! Seam's openraft patch (`vendor/openraft/SEAM-PATCH.md`): the leader flushes its own log
+//! while it replicates and counts itself in a quorum only once its flush is done; and a
+//! committed index reaches the followers with the next entries, or alone after a short
+//! delay when no entries follow.
 //!
-//! Three in-process nodes on this crate's storage talk over an in-memory network. Each
-//! node's log store is wrapped in a [`Gate`] that can hold back the "flushed" callbacks,
-//! as a slow leader disk would. Two tests, each failing on one wrong build:
+//! Three in-process nodes on this crate's storage talk over an in-memory network that
+//! counts the AppendEntries it carries. Each node's log store is wrapped in a [`Gate`] that
+//! can hold back the "flushed" callbacks, as a slow leader disk would. Each test fails on
+//! one wrong build:
 //! - with the leader's flushes held, a write still commits on the two followers' flushes
 //!   (fails on stock openraft 0.9, whose leader waits for its flush before replicating);
 //! - with the leader's flushes held and one follower cut off, a write does not commit until
-//!   the leader's flush completes (fails if the leader counted itself before flushing).
+//!   the leader's flush completes (fails if the leader counted itself before flushing);
+//! - with heartbeats off, back-to-back writes reach each follower in about one
+//!   AppendEntries per write (fails on stock openraft, which sends every new committed
+//!   index in an AppendEntries of its own: two per write);
+//! - with heartbeats off, the followers still learn and apply the last write (fails if a
+//!   committed index no entries carry is never sent).
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -135,11 +142,13 @@ impl RaftLogStorage<TypeConfig> for GatedLog {
     }
 }
 
-/// The in-memory network: every node's `Raft`, and the nodes cut off from all others.
+/// The in-memory network: every node's `Raft`, the nodes cut off from all others, and the
+/// AppendEntries delivered to each node.
 #[derive(Clone, Default)]
 struct Router {
     nodes: Arc<Mutex<BTreeMap<NodeId, Raft>>>,
     cut: Arc<Mutex<HashSet<NodeId>>>,
+    appends: Arc<Mutex<BTreeMap<NodeId, usize>>>,
 }
 
 impl Router {
@@ -194,6 +203,7 @@ impl RaftNetwork<TypeConfig> for Conn {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let raft = self.router.reach(self.from, self.to).map_err(RPCError::Unreachable)?;
+        *self.router.appends.lock().expect("appends lock").entry(self.to).or_default() += 1;
         raft.append_entries(rpc).await.map_err(|e| remote(self.to, e))
     }
 
@@ -228,17 +238,32 @@ struct Cluster {
 impl Cluster {
     /// Three voters, initialized, with a leader elected.
     async fn start() -> (Cluster, NodeId) {
+        Cluster::start_with(openraft::Config {
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1_200,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Like [`Cluster::start`], with no heartbeats: the leader sends AppendEntries only to
+    /// replicate entries or a committed index. Elections are far apart, as no follower hears
+    /// from an idle leader.
+    async fn start_without_heartbeats() -> (Cluster, NodeId) {
+        Cluster::start_with(openraft::Config {
+            enable_heartbeat: false,
+            heartbeat_interval: 1_000,
+            election_timeout_min: 60_000,
+            election_timeout_max: 120_000,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn start_with(config: openraft::Config) -> (Cluster, NodeId) {
         let router = Router::default();
-        let config = Arc::new(
-            openraft::Config {
-                heartbeat_interval: 100,
-                election_timeout_min: 600,
-                election_timeout_max: 1_200,
-                ..Default::default()
-            }
-            .validate()
-            .expect("a valid raft config"),
-        );
+        let config = Arc::new(config.validate().expect("a valid raft config"));
         let (mut gates, mut dirs) = (BTreeMap::new(), Vec::new());
         for id in 1..=3 {
             let dir = tempfile::tempdir().expect("tempdir");
@@ -279,6 +304,11 @@ impl Cluster {
             .await
             .expect("settled");
         id
+    }
+
+    /// AppendEntries delivered to `id` so far.
+    fn appends_to(&self, id: NodeId) -> usize {
+        self.router.appends.lock().expect("appends lock").get(&id).copied().unwrap_or(0)
     }
 
     fn cut(&self, id: NodeId) {
@@ -338,5 +368,52 @@ async fn the_leader_counts_itself_only_once_its_flush_is_done() {
         tokio::time::timeout(COMMIT_WITHIN, write).await.expect("the write commits once the leader flushed");
     reply.expect("the task ran").expect("the write is accepted");
 
+    cluster.shutdown().await;
+}
+
+/// Writes in a row, for the AppendEntries count.
+const WRITES: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_writes_carry_the_committed_index_with_the_next_entries() {
+    let (cluster, leader) = Cluster::start_without_heartbeats().await;
+    let followers: Vec<NodeId> = (1..=3).filter(|&id| id != leader).collect();
+    let before: Vec<usize> = followers.iter().map(|&id| cluster.appends_to(id)).collect();
+
+    let raft = cluster.raft(leader);
+    for i in 0..WRITES {
+        let reply = tokio::time::timeout(COMMIT_WITHIN, raft.client_write(put(&format!("k{i}")))).await;
+        reply.expect("the write commits").expect("the write is accepted");
+    }
+
+    for (&id, before) in followers.iter().zip(before) {
+        let sent = cluster.appends_to(id) - before;
+        eprintln!("follower {id}: {sent} AppendEntries for {WRITES} writes");
+        // One AppendEntries per write carries its entry and the previous write's commit;
+        // a committed index sent on its own each time makes it two per write. The margin
+        // is for writes that follow their predecessor's commit by more than the delay.
+        assert!(
+            sent <= WRITES * 3 / 2,
+            "{WRITES} writes took {sent} AppendEntries to follower {id}: committed indexes travel alone"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_the_last_commit_without_heartbeats() {
+    let (cluster, leader) = Cluster::start_without_heartbeats().await;
+    let raft = cluster.raft(leader);
+    let reply = tokio::time::timeout(COMMIT_WITHIN, raft.client_write(put("last"))).await;
+    let index = reply.expect("the write commits").expect("the write is accepted").log_id.index;
+
+    for id in (1..=3).filter(|&id| id != leader) {
+        cluster
+            .raft(id)
+            .wait(Some(COMMIT_WITHIN))
+            .applied_index_at_least(Some(index), "the last write applied")
+            .await
+            .unwrap_or_else(|e| panic!("follower {id} never learned that entry {index} committed: {e}"));
+    }
     cluster.shutdown().await;
 }

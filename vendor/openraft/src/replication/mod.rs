@@ -63,6 +63,12 @@ use crate::StorageError;
 use crate::StorageIOError;
 use crate::Vote;
 
+/// Seam patch: how long a replication stream holds a committed-index update that no
+/// AppendEntries carries yet, waiting for entries to carry it, before it sends a heartbeat
+/// just for it. Under a steady stream of writes the next entries carry it; when writes stop,
+/// followers learn the last commit (and apply it) this much later.
+const COMMIT_NOTIFY_DELAY: Duration = Duration::from_millis(1);
+
 /// The handle to a spawned replication stream.
 pub(crate) struct ReplicationHandle<C>
 where C: RaftTypeConfig
@@ -142,6 +148,11 @@ where
     /// Next replication action to run.
     next_action: Option<Data<C>>,
 
+    /// Seam patch: `committed` advanced after the last AppendEntries was sent, and no
+    /// AppendEntries is queued to carry it. It is sent with the next one, or alone after
+    /// [`COMMIT_NOTIFY_DELAY`].
+    commit_unsent: bool,
+
     /// Appropriate number of entries to send.
     /// This is only used by AppendEntries RPC.
     entries_hint: ReplicationHint,
@@ -197,6 +208,7 @@ where
             rx_event,
             weak_tx_event: tx_event.downgrade(),
             next_action: None,
+            commit_unsent: false,
             entries_hint: Default::default(),
         };
 
@@ -224,6 +236,10 @@ where
             tracing::debug!(replication_data = display(&d), "{} send replication RPC", func_name!());
 
             let request_id = d.request_id();
+            if matches!(d, Data::Heartbeat | Data::Logs(_)) {
+                // Every AppendEntries carries `self.committed`.
+                self.commit_unsent = false;
+            }
 
             let res = match d {
                 Data::Heartbeat => {
@@ -630,8 +646,19 @@ where
         // If there is next action to run, do not block waiting for events,
         // instead, just try the best to drain all events.
         if self.next_action.is_none() {
-            let event =
-                self.rx_event.recv().await.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
+            let recv = self.rx_event.recv();
+            let event = if self.commit_unsent {
+                match C::timeout(COMMIT_NOTIFY_DELAY, recv).await {
+                    Ok(event) => event,
+                    Err(_) => {
+                        self.next_action = Some(Data::new_heartbeat());
+                        return Ok(());
+                    }
+                }
+            } else {
+                recv.await
+            };
+            let event = event.ok_or(ReplicationClosed::new("rx_repl is closed in drain_event()"))?;
             self.process_event(event);
         }
 
@@ -679,9 +706,11 @@ where
 
                 self.committed = c;
 
-                // If there is no action, fill in an heartbeat action to send committed index.
+                // Seam patch: the next AppendEntries carries the committed index; if none is
+                // queued, `drain_events` sends a heartbeat for it after COMMIT_NOTIFY_DELAY
+                // unless entries come first (stock openraft sends the heartbeat at once).
                 if self.next_action.is_none() {
-                    self.next_action = Some(Data::new_heartbeat());
+                    self.commit_unsent = true;
                 }
             }
             Replicate::Heartbeat => {
