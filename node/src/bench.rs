@@ -81,6 +81,12 @@ pub enum Op {
     Fdatasync,
     /// Baseline: a 64-byte TCP round trip over loopback.
     Rtt,
+    /// Baseline: the least a replicated write costs here, with no Raft, gRPC or async
+    /// runtime: a client, a leader and two followers as blocking threads over loopback TCP,
+    /// each node with its own preallocated scratch file in `--dir`. The leader forwards each
+    /// record to both followers, writes and fdatasyncs it itself, and answers the client once
+    /// one follower has acknowledged its own write + fdatasync.
+    Replicated,
 }
 
 /// Options of `seam bench`.
@@ -392,8 +398,9 @@ fn connections(args: &BenchArgs) -> anyhow::Result<usize> {
 /// Runs one benchmark and returns its result.
 pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     match args.op {
-        Op::Fdatasync => return baseline(args, fdatasync_sample(&args.dir)?),
-        Op::Rtt => return baseline(args, rtt_sample().await?),
+        Op::Fdatasync => return baseline(args, FDATASYNC_BYTES, fdatasync_sample(&args.dir)?),
+        Op::Rtt => return baseline(args, RTT_BYTES, rtt_sample().await?),
+        Op::Replicated => return baseline(args, REPLICATED_RECORD_BYTES, replicated_sample(&args.dir)?),
         Op::Put | Op::Get | Op::Mixed => {}
     }
     if args.clients == 0 || args.clients > BENCH_CLIENTS_MAX {
@@ -462,7 +469,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<BenchResult> {
                 let do_put = match op {
                     Op::Get => false,
                     Op::Mixed => n.is_multiple_of(2),
-                    Op::Put | Op::Fdatasync | Op::Rtt => true,
+                    Op::Put | Op::Fdatasync | Op::Rtt | Op::Replicated => true,
                 };
                 let started = Instant::now();
                 let result = if do_put { d.put(&k, &value).await } else { d.get(&k).await };
@@ -585,8 +592,10 @@ impl LagProbe {
 }
 
 /// Samples one kind of baseline latency for the run's duration.
+/// Runs a baseline sampler for `--duration-s`; `bytes` is what one sample writes or sends.
 fn baseline(
     args: &BenchArgs,
+    bytes: usize,
     mut sample: impl FnMut() -> anyhow::Result<u64>,
 ) -> anyhow::Result<BenchResult> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -607,24 +616,131 @@ fn baseline(
         p999_us: hist.value_at_quantile(0.999),
         duration_s: args.duration_s as f64,
         keys: 0,
-        value_bytes: 4096,
+        value_bytes: bytes,
         tier: None,
         regions: Vec::new(),
         lag: None,
     })
 }
 
+/// Bytes per write of `--op fdatasync`.
+const FDATASYNC_BYTES: usize = 4096;
+/// Bytes per message of `--op rtt`.
+const RTT_BYTES: usize = 64;
+
 /// A sampler of one 4 KiB append + fdatasync to a scratch file in `dir`, in us.
 fn fdatasync_sample(dir: &std::path::Path) -> anyhow::Result<impl FnMut() -> anyhow::Result<u64>> {
     use std::io::Write;
     let file = tempfile::tempfile_in(dir)
         .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
-    let block = vec![0u8; 4096];
+    let block = vec![0u8; FDATASYNC_BYTES];
     let mut file = file;
     Ok(move || {
         let started = Instant::now();
         file.write_all(&block)?;
         file.sync_data()?;
+        Ok(started.elapsed().as_micros() as u64)
+    })
+}
+
+/// Bytes per record of `--op replicated`: about one single-put entry in Seam's log.
+const REPLICATED_RECORD_BYTES: usize = 374;
+/// Each `--op replicated` scratch file is preallocated to this size (as Seam's log segments
+/// are) and written round and round.
+const REPLICATED_FILE_BYTES: u64 = 64 << 20;
+
+/// A preallocated scratch file in `dir` and a writer of records to it, round and round, each
+/// followed by fdatasync.
+fn scratch_log(dir: &std::path::Path) -> anyhow::Result<impl FnMut(&[u8]) -> std::io::Result<()>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let file = tempfile::tempfile_in(dir)
+        .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
+    // SAFETY: fallocate only reads the descriptor, which `file` keeps open for the call.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, REPLICATED_FILE_BYTES as libc::off_t) };
+    if rc != 0 {
+        bail!("preallocating a scratch file in {}: {}", dir.display(), std::io::Error::last_os_error());
+    }
+    let mut offset = 0u64;
+    Ok(move |record: &[u8]| {
+        if offset + record.len() as u64 > REPLICATED_FILE_BYTES {
+            offset = 0;
+        }
+        file.write_all_at(record, offset)?;
+        offset += record.len() as u64;
+        file.sync_data()
+    })
+}
+
+/// A sampler of one minimal replicated write (see [`Op::Replicated`]), in us.
+fn replicated_sample(dir: &std::path::Path) -> anyhow::Result<impl FnMut() -> anyhow::Result<u64>> {
+    use std::io::Read;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::net::TcpStream;
+    const ACK: u8 = 1;
+    let mut followers = Vec::new();
+    for _ in 0..2 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        followers.push(listener.local_addr()?);
+        let mut log = scratch_log(dir)?;
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut record = [0u8; REPLICATED_RECORD_BYTES];
+            loop {
+                s.read_exact(&mut record)?;
+                log(&record)?;
+                s.write_all(&[ACK])?;
+            }
+        });
+    }
+    // The leader: forward, write + sync, wait for the first follower's ack of this record.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let leader = listener.local_addr()?;
+    let mut log = scratch_log(dir)?;
+    let mut links = Vec::new();
+    // Each follower's acks arrive on its own reader thread; one bounded channel holds them.
+    let (acks_tx, acks) = std::sync::mpsc::sync_channel::<()>(2);
+    for addr in followers {
+        let link = TcpStream::connect(addr)?;
+        link.set_nodelay(true)?;
+        let mut replies = link.try_clone()?;
+        let acks_tx = acks_tx.clone();
+        std::thread::spawn(move || {
+            let mut ack = [0u8; 1];
+            while replies.read_exact(&mut ack).is_ok() && acks_tx.send(()).is_ok() {}
+        });
+        links.push(link);
+    }
+    std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut client, _) = listener.accept()?;
+        client.set_nodelay(true)?;
+        let mut record = [0u8; REPLICATED_RECORD_BYTES];
+        // Acks owed by the slower follower of earlier records arrive first; skip them.
+        let mut acks_seen = 0u64;
+        for written in 1u64.. {
+            client.read_exact(&mut record)?;
+            for link in &mut links {
+                link.write_all(&record)?;
+            }
+            log(&record)?;
+            while acks_seen < 2 * (written - 1) + 1 {
+                acks.recv().map_err(|_| std::io::Error::other("a follower stopped"))?;
+                acks_seen += 1;
+            }
+            client.write_all(&[ACK])?;
+        }
+        Ok(())
+    });
+    let mut stream = TcpStream::connect(leader)?;
+    stream.set_nodelay(true)?;
+    let record = [7u8; REPLICATED_RECORD_BYTES];
+    Ok(move || {
+        let started = Instant::now();
+        stream.write_all(&record)?;
+        let mut ack = [0u8; 1];
+        stream.read_exact(&mut ack).context("the replicated baseline's leader stopped")?;
         Ok(started.elapsed().as_micros() as u64)
     })
 }
@@ -638,13 +754,13 @@ async fn rtt_sample() -> anyhow::Result<impl FnMut() -> anyhow::Result<u64>> {
     std::thread::spawn(move || {
         if let Ok((mut s, _)) = listener.accept() {
             let _ = s.set_nodelay(true);
-            let mut buf = [0u8; 64];
+            let mut buf = [0u8; RTT_BYTES];
             while s.read_exact(&mut buf).is_ok() && s.write_all(&buf).is_ok() {}
         }
     });
     let mut stream = std::net::TcpStream::connect(addr)?;
     stream.set_nodelay(true)?;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; RTT_BYTES];
     Ok(move || {
         let started = Instant::now();
         stream.write_all(&buf)?;
@@ -691,6 +807,24 @@ mod tests {
         assert_eq!(connections(&args("64", "3")).expect("shared"), 3);
         let err = connections(&args("2", "3")).expect_err("more connections than clients");
         assert!(err.to_string().contains("--conns (3) must be at most --clients (2)"), "{err}");
+    }
+
+    #[test]
+    fn the_replicated_baseline_answers_writes_in_a_row() {
+        // Each answer needs one new follower ack; acks of the slower follower pile up and
+        // must be skipped, never waited for twice: wrong accounting stalls a later write.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sample = replicated_sample(dir.path()).expect("start the baseline");
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result: anyhow::Result<u64> = (0..200).map(|_| sample()).sum();
+            let _ = done.send(result.map_err(|e| e.to_string()));
+        });
+        let total_us = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("200 replicated writes finish")
+            .expect("every write is answered");
+        assert!(total_us > 0);
     }
 
     #[tokio::test]
