@@ -591,8 +591,8 @@ impl LagProbe {
     }
 }
 
-/// Samples one kind of baseline latency for the run's duration.
-/// Runs a baseline sampler for `--duration-s`; `bytes` is what one sample writes or sends.
+/// Samples one kind of baseline latency for the run's duration; `bytes` is what one sample
+/// writes or sends.
 fn baseline(
     args: &BenchArgs,
     bytes: usize,
