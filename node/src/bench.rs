@@ -652,15 +652,11 @@ const REPLICATED_FILE_BYTES: u64 = 64 << 20;
 /// A preallocated scratch file in `dir` and a writer of records to it, round and round, each
 /// followed by fdatasync.
 fn scratch_log(dir: &std::path::Path) -> anyhow::Result<impl FnMut(&[u8]) -> std::io::Result<()>> {
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::FileExt;
     let file = tempfile::tempfile_in(dir)
         .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
-    // SAFETY: fallocate only reads the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, REPLICATED_FILE_BYTES as libc::off_t) };
-    if rc != 0 {
-        bail!("preallocating a scratch file in {}: {}", dir.display(), std::io::Error::last_os_error());
-    }
+    seam_raft_storage::preallocate(&file, REPLICATED_FILE_BYTES)
+        .with_context(|| format!("preallocating a scratch file in {}", dir.display()))?;
     let mut offset = 0u64;
     Ok(move |record: &[u8]| {
         if offset + record.len() as u64 > REPLICATED_FILE_BYTES {

@@ -46,4 +46,5 @@ pub use sm::SnapshotBuilder;
 pub use sm::StateHandle;
 pub use sm::StateMachineStore;
 pub use types::*;
+pub use wal::preallocate;
 pub use wal::RECORD_BYTES_MAX;

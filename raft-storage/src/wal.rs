@@ -751,14 +751,22 @@ impl Wal {
 fn create_segment(dir: &Path, seq: u64, bytes: u64) -> io::Result<Arc<Segment>> {
     let path = dir.join(segment_name(seq));
     let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+    if let Err(err) = preallocate(&file, bytes) {
+        tracing::debug!(path = %path.display(), error = %err, "log segment not preallocated");
+    }
+    Ok(Arc::new(Segment { seq, path, file }))
+}
+
+/// Reserves `bytes` of disk for `file` and sets its size to at least that (`fallocate`), as
+/// the log does for each segment; fails where the file system cannot.
+pub fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
     let len = libc::off_t::try_from(bytes).unwrap_or(libc::off_t::MAX);
     // SAFETY: fallocate only reads the descriptor, which `file` keeps open for the call.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
     if rc != 0 {
-        let err = io::Error::last_os_error();
-        tracing::debug!(path = %path.display(), error = %err, "log segment not preallocated");
+        return Err(io::Error::last_os_error());
     }
-    Ok(Arc::new(Segment { seq, path, file }))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -798,6 +806,13 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn preallocate_sizes_the_file() {
+        let file = tempfile::tempfile().expect("scratch file");
+        preallocate(&file, 1 << 20).expect("fallocate works on the test machine's disk");
+        assert_eq!(file.metadata().expect("metadata").len(), 1 << 20);
     }
 
     #[test]
