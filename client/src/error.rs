@@ -351,9 +351,8 @@ impl Error {
 }
 
 /// True when the status says the request never reached the wire: [`Conn`] puts a
-/// [`NotSent`] in the status's sources (tonic's own channel a [`tonic::ConnectError`]), and a
-/// channel that was never ready reports
-/// "Service was not ready".
+/// [`NotSent`] in the status's sources (tonic's own channel a [`tonic::ConnectError`]), and
+/// a channel that was never ready reports "Service was not ready".
 fn never_sent(status: &tonic::Status) -> bool {
     let mut source = status.source();
     let mut depth = 0;
