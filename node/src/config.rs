@@ -22,6 +22,9 @@ pub struct ConfigError {
     pub reason: String,
 }
 
+/// Largest `worker_threads` accepted.
+pub const WORKER_THREADS_MAX: usize = 1024;
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError { field, reason: reason.into() }
 }
@@ -48,6 +51,12 @@ pub struct Config {
     /// etcd-style bootstrap list: `ID=HOST:PORT[@REGION],...`. Used only when the data
     /// directory is empty; ignored (with a log line) once it holds state.
     pub initial_cluster: Option<String>,
+    /// Threads of the node's async runtime: 0 (the default) starts one per CPU core, 1 runs
+    /// the whole node on one thread. The log's flusher and the state machine's persister
+    /// have threads of their own either way. Where several nodes share a few cores (a local
+    /// cluster, the benchmarks), 1 is faster: fewer threads wake each other per request
+    /// (docs/benchmarks.md).
+    pub worker_threads: usize,
     pub raft: RaftConfig,
     pub limits: Limits,
     pub storage: StorageSection,
@@ -66,6 +75,7 @@ impl Default for Config {
             data_dir: PathBuf::from("seam-data"),
             cluster_name: "seam".into(),
             initial_cluster: None,
+            worker_threads: 0,
             raft: RaftConfig::default(),
             limits: Limits::default(),
             storage: StorageSection::default(),
@@ -341,6 +351,9 @@ impl Config {
                 ));
             }
         }
+        if self.worker_threads > WORKER_THREADS_MAX {
+            return Err(invalid("worker_threads", format!("must be at most {WORKER_THREADS_MAX}")));
+        }
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 {
             return Err(invalid("raft.heartbeat_interval_ms", "must be above 0"));
@@ -488,6 +501,8 @@ mod tests {
         c.initial_cluster = None;
         c.raft.election_timeout_min_ms = 100;
         assert_eq!(c.validate().unwrap_err().field, "raft.election_timeout_min_ms");
+        let c = Config { worker_threads: WORKER_THREADS_MAX + 1, ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().field, "worker_threads");
         assert!(Config::from_toml("id = 2\nbogus = 1").unwrap_err().reason.contains("bogus"));
     }
 }

@@ -76,6 +76,9 @@ struct NodeArgs {
     /// Simulated latency to peers in other regions, ms (for local multi-region setups).
     #[arg(long, env = "SEAM_INTER_REGION_DELAY_MS")]
     inter_region_delay_ms: Option<u64>,
+    /// Async runtime threads: 0 = one per CPU core, 1 = one thread (nodes sharing few cores).
+    #[arg(long, env = "SEAM_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 impl NodeArgs {
@@ -117,9 +120,33 @@ impl NodeArgs {
         if let Some(v) = self.inter_region_delay_ms {
             config.network.inter_region_delay_ms = v;
         }
+        if let Some(v) = self.worker_threads {
+            config.worker_threads = v;
+        }
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Runs `work` on an async runtime of `worker_threads` threads: 1 is a single-threaded
+/// runtime, 0 one worker per CPU core, N that many workers (see `Config::worker_threads`).
+fn block_on(
+    worker_threads: usize,
+    work: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                builder.worker_threads(n);
+            }
+            builder
+        }
+    };
+    let runtime =
+        builder.enable_all().build().map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(work)
 }
 
 fn init_tracing() {
@@ -152,34 +179,27 @@ async fn shutdown_signal() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("seam: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result: anyhow::Result<ExitCode> = runtime.block_on(async move {
-        match cli.command {
-            Command::Node(args) => {
+    let result = match cli.command {
+        // A node's runtime is sized by its configuration, so that is read first.
+        Command::Node(args) => args.into_config().and_then(|config| {
+            block_on(config.worker_threads, async move {
                 init_tracing();
-                let config = args.into_config()?;
                 seam_node::server::run(config, shutdown_signal()).await?;
                 Ok(ExitCode::SUCCESS)
-            }
-            Command::Bench(mut args) => {
-                args.endpoints = cli.client.endpoints;
-                let result = seam_node::bench::run(&args).await?;
-                println!("{}", serde_json::to_string(&result)?);
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Client(cmd) => seam_node::cli::run(cli.client, cmd).await,
-            Command::Demo(args) => {
-                seam_node::demo::run(args).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    });
+            })
+        }),
+        Command::Bench(mut args) => block_on(0, async move {
+            args.endpoints = cli.client.endpoints;
+            let result = seam_node::bench::run(&args).await?;
+            println!("{}", serde_json::to_string(&result)?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Client(cmd) => block_on(0, seam_node::cli::run(cli.client, cmd)),
+        Command::Demo(args) => block_on(0, async move {
+            seam_node::demo::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

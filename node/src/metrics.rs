@@ -26,6 +26,8 @@ pub struct Metrics {
     pub raft_applied_index: IntGauge,
     pub raft_snapshot_index: IntGauge,
     pub raft_purged_index: IntGauge,
+    /// Threads of the node's async runtime (`worker_threads`; 1 for a single-threaded one).
+    pub runtime_worker_threads: IntGauge,
     /// Time from proposing a command to its applied result, by command.
     pub proposal_seconds: HistogramVec,
     /// Client requests by operation and outcome (ok, or the error kind).
@@ -204,6 +206,11 @@ impl Metrics {
                 "Last index in the current snapshot",
             ),
             raft_purged_index: gauge(&registry, "seam_raft_purged_index", "Last purged log index"),
+            runtime_worker_threads: gauge(
+                &registry,
+                "seam_runtime_worker_threads",
+                "Threads of the node's async runtime (1 for a single-threaded runtime)",
+            ),
             proposal_seconds,
             requests,
             lease_events,

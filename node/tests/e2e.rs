@@ -23,6 +23,8 @@ fn free_port() -> u16 {
 
 struct Node {
     id: u64,
+    /// `--worker-threads`.
+    worker_threads: usize,
     addr: String,
     metrics: String,
     dir: PathBuf,
@@ -35,6 +37,7 @@ impl Node {
         let child = Command::new(SEAM)
             .args(["node", "--id", &self.id.to_string(), "--region", &format!("r{}", self.id)])
             .args(["--listen", &self.addr, "--metrics-listen", &self.metrics, "--initial-cluster", initial])
+            .args(["--worker-threads", &self.worker_threads.to_string()])
             .arg("--data-dir")
             .arg(&self.dir)
             .env("RUST_LOG", "warn")
@@ -71,6 +74,8 @@ impl Cluster {
         let mut nodes: Vec<Node> = (1..=3)
             .map(|id| Node {
                 id,
+                // Node 1 runs on a single-threaded runtime, the others on one thread per core.
+                worker_threads: if id == 1 { 1 } else { 0 },
                 addr: format!("127.0.0.1:{}", free_port()),
                 metrics: format!("127.0.0.1:{}", free_port()),
                 dir: dir.path().join(format!("data-{id}")),
@@ -246,6 +251,7 @@ fn nodes_refuse_bad_config_and_foreign_data() {
     };
     refused(&["--id", "0"], "id");
     refused(&["--id", "1", "--initial-cluster", "1=nonsense"], "initial_cluster");
+    refused(&["--id", "1", "--worker-threads", "5000"], "worker_threads");
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "id = 2\nbogus_field = 1\n").expect("write config");
     refused(&["--config", config.to_str().expect("utf-8 path")], "bogus_field");
@@ -283,4 +289,37 @@ fn nodes_refuse_bad_config_and_foreign_data() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains('1') && err.contains('2'), "the error names both nodes: {err}");
     assert_eq!(std::fs::read(&identity).expect("identity"), before, "nothing was overwritten");
+}
+
+#[test]
+fn worker_threads_sizes_the_runtime() {
+    // A node that ignored the flag would run one thread per core: one of the two cases
+    // fails on any machine.
+    for (threads, workers) in [(1, 1), (3, 3)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut node = Node {
+            id: 1,
+            worker_threads: threads,
+            addr: addr.clone(),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            dir: dir.path().join("data"),
+            child: None,
+        };
+        node.spawn(&format!("1={addr}@r1"), dir.path());
+        let put = || {
+            let args = ["--endpoints", &addr, "--timeout-ms", "3000", "put", "k", "v"];
+            Command::new(SEAM).args(args).output().expect("seam runs")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !put().status.success() {
+            assert!(Instant::now() < deadline, "the node on {threads} thread(s) took no write");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let get = Command::new(SEAM).args(["--endpoints", &addr, "get", "k"]).output().expect("seam runs");
+        assert!(stdout(&get).contains('v'), "read back: {}", stdout(&get));
+        let metrics = http_get(&node.metrics, "/metrics");
+        let line = format!("seam_runtime_worker_threads {workers}\n");
+        assert!(metrics.contains(&line), "--worker-threads {threads}: no {line:?} in\n{metrics}");
+    }
 }
