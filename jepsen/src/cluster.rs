@@ -138,6 +138,8 @@ pub struct Cluster {
     control: Option<String>,
     faketime: Option<PathBuf>,
     pids: Arc<PidTable>,
+    /// Each node's `--worker-threads` (0: the node's default).
+    worker_threads: usize,
     procs: Mutex<BTreeMap<NodeId, Proc>>,
     exits: Mutex<Vec<Exit>>,
     started: Instant,
@@ -174,6 +176,7 @@ impl Cluster {
             control: control.map(str::to_string),
             faketime,
             pids: network.pids.clone(),
+            worker_threads: 0,
             procs: Mutex::new(BTreeMap::new()),
             exits: Mutex::new(Vec::new()),
             started: Instant::now(),
@@ -184,6 +187,12 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Starts every node with `--worker-threads threads` (0: the node's default).
+    pub fn with_worker_threads(mut self, threads: usize) -> Cluster {
+        self.worker_threads = threads;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Proc>> {
@@ -235,6 +244,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.dir.join(format!("n{id}")))
             .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--worker-threads", &self.worker_threads.to_string()])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

@@ -128,6 +128,9 @@ struct RunArgs {
     /// skew nemesis's largest offset + 1 s).
     #[arg(long)]
     skew_ms: Option<u64>,
+    /// Each node's `--worker-threads` (0: the node's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    node_worker_threads: usize,
 }
 
 #[derive(Args)]
@@ -342,6 +345,7 @@ fn run(args: RunArgs) -> ExitCode {
     options.bin_dir = args.bin_dir;
     options.budget_ms = args.budget_ms;
     options.skew_ms = args.skew_ms;
+    options.node_worker_threads = args.node_worker_threads;
     with_runtime(async move {
         match seam_jepsen::run::run(&options).await {
             Ok(outcome) => outcome.code,

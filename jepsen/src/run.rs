@@ -113,6 +113,8 @@ pub struct RunOptions {
     pub budget_ms: u64,
     /// Relaxed: clock-skew allowance of the checker (default: from the nemeses).
     pub skew_ms: Option<u64>,
+    /// Each node's `--worker-threads` (0: the node's default).
+    pub node_worker_threads: usize,
 }
 
 impl RunOptions {
@@ -131,6 +133,7 @@ impl RunOptions {
             workers: WORKERS_DEFAULT,
             budget_ms: BUDGET_MS_DEFAULT,
             skew_ms: None,
+            node_worker_threads: 0,
         }
     }
 
@@ -164,6 +167,9 @@ impl RunOptions {
             if let Some(skew) = self.skew_ms {
                 line.push_str(&format!(" --skew-ms {skew}"));
             }
+        }
+        if self.node_worker_threads != 0 {
+            line.push_str(&format!(" --node-worker-threads {}", self.node_worker_threads));
         }
         match self.net {
             NetChoice::Auto => {}
@@ -364,7 +370,8 @@ pub async fn run(options: &RunOptions) -> Result<RunOutcome, RunError> {
     let nodes_dir = options.out.join("nodes");
     let cluster = Arc::new(
         Cluster::new(&bin, &nodes_dir, &net, options.negative_control.as_deref(), skew)
-            .map_err(|e| fail("cluster", e))?,
+            .map_err(|e| fail("cluster", e))?
+            .with_worker_threads(options.node_worker_threads),
     );
     cluster.start_all().map_err(|e| fail("starting the nodes", e))?;
     let leader = wait_healthy(&net, &cluster, READY_MS_MAX)
@@ -620,4 +627,17 @@ fn print_outcome(options: &RunOptions, summary: &Summary, crashes: &[Exit], uncl
         control,
         options.out.join("report.html").display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rerun_command_names_the_nodes_runtime_threads() {
+        let mut options = RunOptions::new(Workload::Register, 7, PathBuf::from("out"));
+        assert!(!options.command().contains("--node-worker-threads"), "{}", options.command());
+        options.node_worker_threads = 1;
+        assert!(options.command().contains(" --node-worker-threads 1"), "{}", options.command());
+    }
 }
