@@ -41,7 +41,6 @@ async fn refresh_gauges(replica: &Replica) {
     m.raft_applied_index.set(raft.last_applied.map_or(0, |l| l.index) as i64);
     m.raft_snapshot_index.set(raft.snapshot.map_or(0, |l| l.index) as i64);
     m.raft_purged_index.set(raft.purged.map_or(0, |l| l.index) as i64);
-    m.runtime_worker_threads.set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
     if let Ok(committed) = replica.raft().with_raft_state(|s| s.committed).await {
         m.raft_commit_index.set(committed.map_or(0, |l| l.index) as i64);
     }

@@ -26,7 +26,8 @@ pub struct Metrics {
     pub raft_applied_index: IntGauge,
     pub raft_snapshot_index: IntGauge,
     pub raft_purged_index: IntGauge,
-    /// Threads of the node's async runtime (`worker_threads`; 1 for a single-threaded one).
+    /// Threads of the node's async runtime (`worker_threads`; 1 for a single-threaded one),
+    /// set once at start.
     pub runtime_worker_threads: IntGauge,
     /// Time from proposing a command to its applied result, by command.
     pub proposal_seconds: HistogramVec,

@@ -155,6 +155,7 @@ pub async fn start(
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let metrics = Metrics::new();
+    metrics.runtime_worker_threads.set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
     let replica = Replica::new(config.clone(), raft.clone(), state, peers, metrics);
 
     bootstrap(&config, &raft).await?;
