@@ -32,6 +32,18 @@ struct Node {
 }
 
 impl Node {
+    /// Node `id` on free loopback ports, with its data in `dir`; not started.
+    fn new(id: u64, worker_threads: usize, dir: PathBuf) -> Node {
+        Node {
+            id,
+            worker_threads,
+            addr: format!("127.0.0.1:{}", free_port()),
+            metrics: format!("127.0.0.1:{}", free_port()),
+            dir,
+            child: None,
+        }
+    }
+
     fn spawn(&mut self, initial: &str, log_dir: &Path) {
         let log = std::fs::File::create(log_dir.join(format!("node-{}.log", self.id))).expect("log file");
         let child = Command::new(SEAM)
@@ -72,14 +84,10 @@ impl Cluster {
     fn start() -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes: Vec<Node> = (1..=3)
-            .map(|id| Node {
-                id,
+            .map(|id| {
                 // Node 1 runs on a single-threaded runtime, the others on one thread per core.
-                worker_threads: if id == 1 { 1 } else { 0 },
-                addr: format!("127.0.0.1:{}", free_port()),
-                metrics: format!("127.0.0.1:{}", free_port()),
-                dir: dir.path().join(format!("data-{id}")),
-                child: None,
+                let worker_threads = if id == 1 { 1 } else { 0 };
+                Node::new(id, worker_threads, dir.path().join(format!("data-{id}")))
             })
             .collect();
         let initial: Vec<String> = nodes.iter().map(|n| format!("{}={}@r{}", n.id, n.addr, n.id)).collect();
@@ -297,15 +305,8 @@ fn worker_threads_sizes_the_runtime() {
     // fails on any machine.
     for (threads, workers) in [(1, 1), (3, 3)] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut node = Node {
-            id: 1,
-            worker_threads: threads,
-            addr: addr.clone(),
-            metrics: format!("127.0.0.1:{}", free_port()),
-            dir: dir.path().join("data"),
-            child: None,
-        };
+        let mut node = Node::new(1, threads, dir.path().join("data"));
+        let addr = node.addr.clone();
         node.spawn(&format!("1={addr}@r1"), dir.path());
         let put = || {
             let args = ["--endpoints", &addr, "--timeout-ms", "3000", "put", "k", "v"];
