@@ -628,13 +628,16 @@ const FDATASYNC_BYTES: usize = 4096;
 /// Bytes per message of `--op rtt`.
 const RTT_BYTES: usize = 64;
 
+/// An anonymous scratch file in `dir`, gone when dropped.
+fn scratch_file(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    tempfile::tempfile_in(dir).with_context(|| format!("creating a scratch file in {}", dir.display()))
+}
+
 /// A sampler of one 4 KiB append + fdatasync to a scratch file in `dir`, in us.
 fn fdatasync_sample(dir: &std::path::Path) -> anyhow::Result<impl FnMut() -> anyhow::Result<u64>> {
     use std::io::Write;
-    let file = tempfile::tempfile_in(dir)
-        .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
+    let mut file = scratch_file(dir)?;
     let block = vec![0u8; FDATASYNC_BYTES];
-    let mut file = file;
     Ok(move || {
         let started = Instant::now();
         file.write_all(&block)?;
@@ -653,8 +656,7 @@ const REPLICATED_FILE_BYTES: u64 = 64 << 20;
 /// followed by fdatasync.
 fn scratch_log(dir: &std::path::Path) -> anyhow::Result<impl FnMut(&[u8]) -> std::io::Result<()>> {
     use std::os::unix::fs::FileExt;
-    let file = tempfile::tempfile_in(dir)
-        .with_context(|| format!("creating a scratch file in {}", dir.display()))?;
+    let file = scratch_file(dir)?;
     seam_raft_storage::preallocate(&file, REPLICATED_FILE_BYTES)
         .with_context(|| format!("preallocating a scratch file in {}", dir.display()))?;
     let mut offset = 0u64;
