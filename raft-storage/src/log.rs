@@ -8,8 +8,9 @@
 //! append is acknowledged before a sync that covers it has returned.
 //!
 //! Votes and purges are synced before their call returns, through the same flusher, so
-//! they share syncs with appends and stay ordered with them. Truncations and the committed
-//! log id are written but not synced: they become durable with the next sync. A lost
+//! they share syncs with appends and stay ordered with them. Truncations are written but
+//! not synced: they become durable with the next sync. The committed log id is not even
+//! written by itself: it goes out with the next write (see [`Wal::save_committed`]). A lost
 //! truncation only brings back entries the node had before (never acknowledged as
 //! replaced), and a lost committed log id only lags (openraft learns it again).
 //!
@@ -247,8 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.wal.write_record(Record::Committed(committed)).map_err(error::write_logs)?;
-        Ok(())
+        self.wal.save_committed(committed).map_err(error::write_logs)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -33,7 +33,12 @@
 //! - After an `fdatasync` of the active segment returns, every record written before it
 //!   was issued is durable (older segments were synced when they were closed).
 //! - Records are written with one `write` per batch at an explicit offset (`pwrite`), never
-//!   buffered in user space, so readers (`pread`) see a batch as soon as `write` returns.
+//!   buffered in user space (except a saved committed log id, which waits for the next
+//!   batch), so readers (`pread`) see a batch as soon as `write` returns.
+//! - The index keeps copies of the last entries appended (bounded by
+//!   [`RECENT_ENTRY_BYTES_MAX`]); they always end at the last live entry, and truncations
+//!   and purges drop the copies they cover, so a read served from them returns what a
+//!   `pread` would.
 //! - A failed write or sync poisons the log: every later operation fails, so no record is
 //!   ever written after a hole (see "fsyncgate": after a failed fsync the page cache cannot
 //!   be trusted).
@@ -80,6 +85,9 @@ pub const RECORD_BYTES_MAX: u32 = 1 << 30;
 const READ_SPAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Replay's read buffer.
 const REPLAY_BUFFER_BYTES: usize = 1024 * 1024;
+/// The most recently appended entries are also kept in memory, up to this many bytes
+/// (counted as their encoded size), so that replicating and applying them reads no file.
+pub(crate) const RECENT_ENTRY_BYTES_MAX: u64 = 1024 * 1024;
 
 /// One record of the log. Variants are only ever appended (bincode names them by position).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +216,12 @@ pub(crate) struct LogIndex {
     pub vote: Option<Vote>,
     pub committed: Option<LogId>,
     pub purged: Option<LogId>,
+    /// Copies of the last live entries, with their frame lengths: consecutive, ending at the
+    /// last live entry (or empty). Reads within them skip the file.
+    recent: VecDeque<(Entry, u32)>,
+    recent_bytes: u64,
+    /// Bound of `recent_bytes`; 0 keeps no copies (replay).
+    recent_bytes_max: u64,
 }
 
 impl LogIndex {
@@ -265,6 +279,9 @@ impl LogIndex {
             Effect::Truncate(since) => {
                 let keep = self.entries.partition_point(|l| l.log_id.index < since);
                 self.entries.truncate(keep);
+                while self.recent.back().is_some_and(|(e, _)| e.log_id.index >= since) {
+                    self.forget_recent(false);
+                }
             }
             Effect::Purge(upto) => {
                 if self.purged.is_some_and(|p| p.index > upto.index) {
@@ -272,6 +289,9 @@ impl LogIndex {
                 }
                 let drop = self.entries.partition_point(|l| l.log_id.index <= upto.index);
                 self.entries.drain(..drop);
+                while self.recent.front().is_some_and(|(e, _)| e.log_id.index <= upto.index) {
+                    self.forget_recent(true);
+                }
                 // Keep memory proportional to the live log after large purges.
                 if self.entries.capacity() > 4096 && self.entries.capacity() > 4 * self.entries.len() {
                     self.entries.shrink_to(2 * self.entries.len());
@@ -280,6 +300,52 @@ impl LogIndex {
             }
         }
         Ok(())
+    }
+
+    /// Keeps copies of entries just appended (after their records were applied), dropping
+    /// the oldest copies beyond `recent_bytes_max`.
+    fn remember(&mut self, appended: impl IntoIterator<Item = (Entry, u32)>) {
+        if self.recent_bytes_max == 0 {
+            return;
+        }
+        for (entry, len) in appended {
+            if self.recent.back().is_some_and(|(e, _)| e.log_id.index + 1 != entry.log_id.index) {
+                // Not consecutive: cannot happen after the checks `append` makes, but the
+                // copies must never disagree with the log, so start over.
+                self.recent.clear();
+                self.recent_bytes = 0;
+            }
+            self.recent_bytes += len as u64;
+            self.recent.push_back((entry, len));
+        }
+        while self.recent_bytes > self.recent_bytes_max {
+            self.forget_recent(true);
+        }
+        debug_assert!(
+            self.recent.is_empty() || self.recent.back().map(|(e, _)| e.log_id) == self.last_log_id(),
+            "the recent copies end at the last live entry"
+        );
+    }
+
+    fn forget_recent(&mut self, oldest: bool) {
+        let dropped = if oldest { self.recent.pop_front() } else { self.recent.pop_back() };
+        if let Some((_, len)) = dropped {
+            self.recent_bytes -= len as u64;
+        }
+    }
+
+    /// Copies of the live entries with index in `[start, end)`, if every one of them is
+    /// among the recent copies (and there is at least one).
+    fn recent_range(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.recent.front()?.0.log_id.index;
+        let last = self.recent.back()?.0.log_id.index;
+        let end = end.min(last + 1);
+        if start < first || start >= end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.recent.range(from..to).map(|(e, _)| e.clone()).collect())
     }
 
     /// The locations of live entries with index in `[start, end)`, with their segments.
@@ -310,7 +376,13 @@ impl LogIndex {
 
 /// Reads the live entries with index in `[start, end)`, verifying each record's checksum.
 pub(crate) fn read_entries(index: &RwLock<LogIndex>, start: u64, end: u64) -> io::Result<Vec<Entry>> {
-    let locs = index.read().unwrap_or_else(|e| e.into_inner()).locate(start, end);
+    let locs = {
+        let index = index.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(entries) = index.recent_range(start, end) {
+            return Ok(entries);
+        }
+        index.locate(start, end)
+    };
     let mut out = Vec::with_capacity(locs.len());
     let mut i = 0;
     while i < locs.len() {
@@ -494,6 +566,10 @@ pub(crate) struct Wal {
     poisoned: Arc<AtomicBool>,
     buf: Vec<u8>,
     effects: Vec<(Effect, u64, u32)>,
+    /// The entries in `buf`, kept for the index's recent copies once written.
+    appended: Vec<(Entry, u32)>,
+    /// A committed log id saved but not written yet: it goes out with the next write.
+    pending_committed: Option<Option<LogId>>,
 }
 
 impl Wal {
@@ -532,7 +608,10 @@ impl Wal {
             poisoned: Arc::new(AtomicBool::new(false)),
             buf: Vec::new(),
             effects: Vec::new(),
+            appended: Vec::new(),
+            pending_committed: None,
         };
+        wal.index.write().unwrap_or_else(|e| e.into_inner()).recent_bytes_max = RECENT_ENTRY_BYTES_MAX;
         // Writing continues in a segment that opens with the complete current state: the last
         // segment's own opening records may be incomplete if a crash interrupted the rotation
         // that created it, and once the segments before it are purged nothing else would
@@ -583,9 +662,7 @@ impl Wal {
     /// they are readable at once and durable after the next sync of that segment. Entries
     /// must continue the log; those at or below the purge point are skipped.
     pub fn append(&mut self, entries: impl IntoIterator<Item = Entry>) -> io::Result<Arc<Segment>> {
-        self.check_poisoned()?;
-        self.buf.clear();
-        self.effects.clear();
+        self.start_batch()?;
         let purged = self.index.read().unwrap_or_else(|e| e.into_inner()).purged;
         let mut next = None;
         for entry in entries {
@@ -611,25 +688,49 @@ impl Wal {
                 }
             }
             next = Some(entry.log_id.index + 1);
-            self.push(&Record::Entry(Cow::Borrowed(&entry)))?;
+            let len = self.push(&Record::Entry(Cow::Borrowed(&entry)))?;
+            self.appended.push((entry, len));
         }
         self.flush_buffer()
     }
 
     /// Writes one non-entry record.
     pub fn write_record(&mut self, record: Record<'_>) -> io::Result<Arc<Segment>> {
-        self.check_poisoned()?;
-        self.buf.clear();
-        self.effects.clear();
+        self.start_batch()?;
         self.push(&record)?;
         self.flush_buffer()
     }
 
-    fn push(&mut self, record: &Record<'_>) -> io::Result<()> {
+    /// Saves the committed log id without a write of its own: the index has it at once, and
+    /// its record goes out first in the next write (an append, usually within the next
+    /// round of replication). It is never synced by itself anyway (see [`crate::log`]), so
+    /// a crash loses at most what an unsynced write would, and a lost committed log id only
+    /// lags.
+    pub fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
+        self.check_poisoned()?;
+        self.index.write().unwrap_or_else(|e| e.into_inner()).committed = committed;
+        self.pending_committed = Some(committed);
+        Ok(())
+    }
+
+    /// Starts the batch of records for one write, with the pending committed log id first.
+    fn start_batch(&mut self) -> io::Result<()> {
+        self.check_poisoned()?;
+        self.buf.clear();
+        self.effects.clear();
+        self.appended.clear();
+        if let Some(committed) = self.pending_committed.take() {
+            self.push(&Record::Committed(committed))?;
+        }
+        Ok(())
+    }
+
+    /// Encodes `record` into the batch; returns its frame length.
+    fn push(&mut self, record: &Record<'_>) -> io::Result<u32> {
         let offset = self.buf.len() as u64;
         let len = encode(record, &mut self.buf)?;
         self.effects.push((record.effect(), offset, len));
-        Ok(())
+        Ok(len)
     }
 
     /// Writes the encoded batch to the active segment (rotating first if it would overflow)
@@ -660,6 +761,7 @@ impl Wal {
                 panic!("the log index rejected a record the writer checked: {e}");
             }
         }
+        index.remember(self.appended.drain(..));
         Ok(self.active.clone())
     }
 
@@ -1024,6 +1126,64 @@ mod tests {
         let wal = open(tmp.path(), 4096);
         assert_eq!(read_all(&wal), vec![21]);
         assert_eq!(wal.index().read().expect("lock").purged, Some(log_id(2, 1, 20)));
+    }
+
+    #[test]
+    fn recent_copies_follow_truncations_and_purges() {
+        let tmp = TempDir::new().expect("tempdir");
+        let mut wal = open(tmp.path(), 1 << 20);
+        wal.append((1..=10).map(|i| entry(1, i))).expect("append");
+        wal.write_record(Record::Truncate { since: 8 }).expect("truncate");
+        let after_truncate = read_entries(wal.index(), 5, 20).expect("read");
+        assert_eq!(after_truncate, (5..=7).map(|i| entry(1, i)).collect::<Vec<_>>());
+        wal.append((8..=12).map(|i| entry(2, i))).expect("append");
+        let replaced = read_entries(wal.index(), 7, 9).expect("read");
+        assert_eq!(replaced, vec![entry(1, 7), entry(2, 8)]);
+        wal.write_record(Record::Purge(log_id(1, 1, 5))).expect("purge");
+        assert_eq!(read_all(&wal), (6..=12).collect::<Vec<_>>());
+        let from_purged = read_entries(wal.index(), 3, 8).expect("read");
+        assert_eq!(from_purged, vec![entry(1, 6), entry(1, 7)], "purged entries are not read back");
+    }
+
+    #[test]
+    fn recent_entries_are_read_from_memory_older_ones_from_the_file() {
+        let tmp = TempDir::new().expect("tempdir");
+        let mut wal = open(tmp.path(), 1 << 20);
+        let frame = {
+            let mut buf = Vec::new();
+            encode(&Record::Entry(Cow::Owned(entry(1, 1))), &mut buf).expect("encode") as u64
+        };
+        // Room for the copies of about three entries.
+        wal.index().write().expect("lock").recent_bytes_max = 3 * frame + 2;
+        wal.append((1..=10).map(|i| entry(1, i))).expect("append");
+        // Zero the whole file: what is still read must come from the copies.
+        let len = wal.active_len();
+        wal.active().file.write_all_at(&vec![0; len as usize], 0).expect("overwrite");
+        let recent = read_entries(wal.index(), 8, 11).expect("the last three entries are in memory");
+        assert_eq!(recent, (8..=10).map(|i| entry(1, i)).collect::<Vec<_>>());
+        let err = read_entries(wal.index(), 7, 11).expect_err("entry 7 is only in the file");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    #[test]
+    fn the_committed_log_id_goes_out_with_the_next_write() {
+        let tmp = TempDir::new().expect("tempdir");
+        let mut wal = open(tmp.path(), 1 << 20);
+        wal.append((1..=3).map(|i| entry(1, i))).expect("append");
+        wal.save_committed(Some(log_id(1, 1, 2))).expect("save committed");
+        assert_eq!(wal.index().read().expect("lock").committed, Some(log_id(1, 1, 2)), "readable at once");
+        let len = wal.active_len();
+        wal.save_committed(Some(log_id(1, 1, 3))).expect("save committed");
+        assert_eq!(wal.active_len(), len, "saving it writes nothing");
+        drop(wal);
+        let mut wal = open(tmp.path(), 1 << 20);
+        assert_eq!(wal.index().read().expect("lock").committed, None, "not written: it lags after a crash");
+        wal.save_committed(Some(log_id(1, 1, 3))).expect("save committed");
+        wal.append([entry(1, 4)]).expect("append");
+        drop(wal);
+        let wal = open(tmp.path(), 1 << 20);
+        assert_eq!(wal.index().read().expect("lock").committed, Some(log_id(1, 1, 3)));
+        assert_eq!(read_all(&wal), vec![1, 2, 3, 4]);
     }
 
     #[test]
