@@ -703,9 +703,9 @@ impl Wal {
 
     /// Saves the committed log id without a write of its own: the index has it at once, and
     /// its record goes out first in the next write (an append, usually within the next
-    /// round of replication). It is never synced by itself anyway (see [`crate::log`]), so
-    /// a crash loses at most what an unsynced write would, and a lost committed log id only
-    /// lags.
+    /// round of replication), or when the log is closed. It is never synced by itself anyway
+    /// (see [`crate::log`]), so a crash loses at most what an unsynced write would, and a lost
+    /// committed log id only lags.
     pub fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         self.check_poisoned()?;
         self.index.write().unwrap_or_else(|e| e.into_inner()).committed = committed;
@@ -842,6 +842,19 @@ impl Wal {
     #[cfg(test)]
     pub fn active_len(&self) -> u64 {
         self.active_len
+    }
+}
+
+impl Drop for Wal {
+    /// A clean stop writes a committed log id still waiting for a batch (unsynced, as any
+    /// committed record is), so that a restart after a clean stop starts from it.
+    fn drop(&mut self) {
+        if self.pending_committed.is_none() || self.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.start_batch().and_then(|()| self.flush_buffer()) {
+            tracing::warn!(error = %e, "could not write the committed log id while closing the log");
+        }
     }
 }
 
@@ -1168,22 +1181,30 @@ mod tests {
     #[test]
     fn the_committed_log_id_goes_out_with_the_next_write() {
         let tmp = TempDir::new().expect("tempdir");
+        let committed = |wal: &Wal| wal.index().read().expect("lock").committed;
         let mut wal = open(tmp.path(), 1 << 20);
         wal.append((1..=3).map(|i| entry(1, i))).expect("append");
         wal.save_committed(Some(log_id(1, 1, 2))).expect("save committed");
-        assert_eq!(wal.index().read().expect("lock").committed, Some(log_id(1, 1, 2)), "readable at once");
+        assert_eq!(committed(&wal), Some(log_id(1, 1, 2)), "readable at once");
         let len = wal.active_len();
         wal.save_committed(Some(log_id(1, 1, 3))).expect("save committed");
         assert_eq!(wal.active_len(), len, "saving it writes nothing");
-        drop(wal);
+        // A crash (no drop) loses it: the committed log id lags.
+        std::mem::forget(wal);
         let mut wal = open(tmp.path(), 1 << 20);
-        assert_eq!(wal.index().read().expect("lock").committed, None, "not written: it lags after a crash");
+        assert_eq!(committed(&wal), None, "not written: it lags after a crash");
+        // It goes out with the next append: a crash after that keeps it.
         wal.save_committed(Some(log_id(1, 1, 3))).expect("save committed");
         wal.append([entry(1, 4)]).expect("append");
+        std::mem::forget(wal);
+        let mut wal = open(tmp.path(), 1 << 20);
+        assert_eq!(committed(&wal), Some(log_id(1, 1, 3)));
+        assert_eq!(read_all(&wal), vec![1, 2, 3, 4]);
+        // A clean stop writes it.
+        wal.save_committed(Some(log_id(1, 1, 4))).expect("save committed");
         drop(wal);
         let wal = open(tmp.path(), 1 << 20);
-        assert_eq!(wal.index().read().expect("lock").committed, Some(log_id(1, 1, 3)));
-        assert_eq!(read_all(&wal), vec![1, 2, 3, 4]);
+        assert_eq!(committed(&wal), Some(log_id(1, 1, 4)), "written when the log closed");
     }
 
     #[test]
