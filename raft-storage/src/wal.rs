@@ -280,7 +280,7 @@ impl LogIndex {
                 let keep = self.entries.partition_point(|l| l.log_id.index < since);
                 self.entries.truncate(keep);
                 while self.recent.back().is_some_and(|(e, _)| e.log_id.index >= since) {
-                    self.forget_recent(false);
+                    self.drop_newest_copy();
                 }
             }
             Effect::Purge(upto) => {
@@ -290,7 +290,7 @@ impl LogIndex {
                 let drop = self.entries.partition_point(|l| l.log_id.index <= upto.index);
                 self.entries.drain(..drop);
                 while self.recent.front().is_some_and(|(e, _)| e.log_id.index <= upto.index) {
-                    self.forget_recent(true);
+                    self.drop_oldest_copy();
                 }
                 // Keep memory proportional to the live log after large purges.
                 if self.entries.capacity() > 4096 && self.entries.capacity() > 4 * self.entries.len() {
@@ -319,7 +319,7 @@ impl LogIndex {
             self.recent.push_back((entry, len));
         }
         while self.recent_bytes > self.recent_bytes_max {
-            self.forget_recent(true);
+            self.drop_oldest_copy();
         }
         debug_assert!(
             self.recent.is_empty() || self.recent.back().map(|(e, _)| e.log_id) == self.last_log_id(),
@@ -327,9 +327,14 @@ impl LogIndex {
         );
     }
 
-    fn forget_recent(&mut self, oldest: bool) {
-        let dropped = if oldest { self.recent.pop_front() } else { self.recent.pop_back() };
-        if let Some((_, len)) = dropped {
+    fn drop_oldest_copy(&mut self) {
+        if let Some((_, len)) = self.recent.pop_front() {
+            self.recent_bytes -= len as u64;
+        }
+    }
+
+    fn drop_newest_copy(&mut self) {
+        if let Some((_, len)) = self.recent.pop_back() {
             self.recent_bytes -= len as u64;
         }
     }
@@ -568,8 +573,9 @@ pub(crate) struct Wal {
     effects: Vec<(Effect, u64, u32)>,
     /// The entries in `buf`, kept for the index's recent copies once written.
     appended: Vec<(Entry, u32)>,
-    /// A committed log id saved but not written yet: it goes out with the next write.
-    pending_committed: Option<Option<LogId>>,
+    /// The index's committed log id was saved but not written yet: it goes out with the
+    /// next write.
+    committed_unwritten: bool,
 }
 
 impl Wal {
@@ -609,7 +615,7 @@ impl Wal {
             buf: Vec::new(),
             effects: Vec::new(),
             appended: Vec::new(),
-            pending_committed: None,
+            committed_unwritten: false,
         };
         wal.index.write().unwrap_or_else(|e| e.into_inner()).recent_bytes_max = RECENT_ENTRY_BYTES_MAX;
         // Writing continues in a segment that opens with the complete current state: the last
@@ -709,7 +715,7 @@ impl Wal {
     pub fn save_committed(&mut self, committed: Option<LogId>) -> io::Result<()> {
         self.check_poisoned()?;
         self.index.write().unwrap_or_else(|e| e.into_inner()).committed = committed;
-        self.pending_committed = Some(committed);
+        self.committed_unwritten = true;
         Ok(())
     }
 
@@ -719,7 +725,8 @@ impl Wal {
         self.buf.clear();
         self.effects.clear();
         self.appended.clear();
-        if let Some(committed) = self.pending_committed.take() {
+        if std::mem::take(&mut self.committed_unwritten) {
+            let committed = self.index.read().unwrap_or_else(|e| e.into_inner()).committed;
             self.push(&Record::Committed(committed))?;
         }
         Ok(())
@@ -849,7 +856,7 @@ impl Drop for Wal {
     /// A clean stop writes a committed log id still waiting for a batch (unsynced, as any
     /// committed record is), so that a restart after a clean stop starts from it.
     fn drop(&mut self) {
-        if self.pending_committed.is_none() || self.poisoned.load(Ordering::Acquire) {
+        if !self.committed_unwritten || self.poisoned.load(Ordering::Acquire) {
             return;
         }
         if let Err(e) = self.start_batch().and_then(|()| self.flush_buffer()) {
