@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, BytesMut};
 use http_body::{Body as HttpBody, Frame};
 use tonic::body::Body;
 use tonic::codegen::{http, Bytes, Service};
@@ -165,13 +166,145 @@ impl Conn {
         let response = response.await?;
         Ok(response.map(|recv| RecvBody { recv, data_done: false, done: false }))
     }
+
+    /// Opens a gRPC call at `path` (`/package.Service/Method`) with a stream of messages
+    /// each way, over this connection (connecting first if need be). See [`BidiStream`].
+    pub async fn bidi(&self, path: &str) -> Result<BidiStream, Status> {
+        let inner = &self.inner;
+        let uri = http::Uri::builder()
+            .scheme(inner.scheme.clone())
+            .authority(inner.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| Status::internal(format!("bad gRPC path {path:?}: {e}")))?;
+        let request = http::Request::post(uri)
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .map_err(|e| Status::internal(format!("bad gRPC request for {path:?}: {e}")))?;
+        let mut sender = inner.ready_sender().await.map_err(not_sent_status)?;
+        let (response, send) = sender.send_request(request, false).map_err(|e| {
+            not_sent_status(inner.not_sent(format!("the connection refused a new stream: {e}")))
+        })?;
+        Ok(BidiStream { send, response: Some(response), recv: None, received: BytesMut::new() })
+    }
+}
+
+/// Bytes of the prefix gRPC puts before each message: a compression flag and a length.
+const GRPC_PREFIX_BYTES: usize = 5;
+
+/// One gRPC call with a stream of messages each way, opened by [`Conn::bidi`]. Messages go
+/// out as they are sent, each in one DATA frame, and come back in order; no task other
+/// than the connection's is involved. Messages are protobuf-encoded by the caller and not
+/// compressed. Dropping the stream cancels the call (the server sees RST_STREAM).
+///
+/// Used where one peer sends many small requests in turn: a unary call costs a new HTTP/2
+/// stream each (HEADERS both ways, a new task on the server), a message on an open stream
+/// only its DATA frame.
+pub struct BidiStream {
+    send: h2::SendStream<Bytes>,
+    /// The response's headers, until the first receive.
+    response: Option<h2::client::ResponseFuture>,
+    recv: Option<h2::RecvStream>,
+    /// Bytes received and not yet returned as messages: at most one message under the
+    /// receiver's limit, plus the DATA frame that completed it.
+    received: BytesMut,
+}
+
+impl BidiStream {
+    /// Sends one protobuf-encoded message. It is buffered by h2 (at most this message, as
+    /// long as the caller waits for answers) until the peer's flow-control window lets it out.
+    pub fn send(&mut self, message: &[u8]) -> Result<(), Status> {
+        let len = u32::try_from(message.len()).map_err(|_| {
+            Status::resource_exhausted(format!("a {} byte message is too large", message.len()))
+        })?;
+        let mut frame = BytesMut::with_capacity(GRPC_PREFIX_BYTES + message.len());
+        frame.put_u8(0);
+        frame.put_u32(len);
+        frame.extend_from_slice(message);
+        self.send
+            .send_data(frame.freeze(), false)
+            .map_err(|e| Status::unavailable(format!("sending on the stream: {e}")))
+    }
+
+    /// Receives the next message (protobuf-encoded), of at most `bytes_max` bytes. The
+    /// stream's end is an error: its gRPC status if the server gave one, else `Unavailable`.
+    pub async fn recv(&mut self, bytes_max: usize) -> Result<Bytes, Status> {
+        if self.recv.is_none() {
+            let Some(response) = self.response.take() else {
+                return Err(Status::unavailable("the stream has ended"));
+            };
+            let response =
+                response.await.map_err(|e| Status::unavailable(format!("opening the stream: {e}")))?;
+            // A call refused at once ("trailers-only") carries its status in the headers.
+            if let Some(status) = Status::from_header_map(response.headers()) {
+                if status.code() != tonic::Code::Ok {
+                    return Err(status);
+                }
+            }
+            if response.status() != http::StatusCode::OK {
+                return Err(Status::unknown(format!("HTTP status {} on a gRPC stream", response.status())));
+            }
+            self.recv = Some(response.into_body());
+        }
+        let Some(recv) = self.recv.as_mut() else {
+            return Err(Status::unavailable("the stream has ended"));
+        };
+        loop {
+            if let Some(message) = next_message(&mut self.received, bytes_max)? {
+                return Ok(message);
+            }
+            match recv.data().await {
+                Some(Ok(chunk)) => {
+                    // Gives the window back, so the server may send more.
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                    self.received.extend_from_slice(&chunk);
+                }
+                Some(Err(e)) => return Err(Status::unavailable(format!("receiving on the stream: {e}"))),
+                None => {
+                    let trailers = recv.trailers().await.ok().flatten();
+                    let status = trailers.as_ref().and_then(Status::from_header_map);
+                    return Err(match status {
+                        Some(status) if status.code() != tonic::Code::Ok => status,
+                        _ => Status::unavailable("the server ended the stream"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The first whole message in `received`, taken out, if there is one.
+fn next_message(received: &mut BytesMut, bytes_max: usize) -> Result<Option<Bytes>, Status> {
+    if received.len() < GRPC_PREFIX_BYTES {
+        return Ok(None);
+    }
+    if received[0] != 0 {
+        return Err(Status::internal("a compressed message on the stream (none was asked for)"));
+    }
+    let len = u32::from_be_bytes([received[1], received[2], received[3], received[4]]) as usize;
+    if len > bytes_max {
+        return Err(Status::resource_exhausted(format!(
+            "a {len} byte message on the stream is larger than the limit of {bytes_max}"
+        )));
+    }
+    if received.len() < GRPC_PREFIX_BYTES + len {
+        return Ok(None);
+    }
+    received.advance(GRPC_PREFIX_BYTES);
+    Ok(Some(received.split_to(len).freeze()))
 }
 
 /// What tonic makes of a [`NotSent`]: `Unavailable`, with the `NotSent` as its source.
 fn unavailable(e: NotSent) -> BoxError {
+    Box::new(not_sent_status(e))
+}
+
+/// `Unavailable`, with the `NotSent` as its source.
+fn not_sent_status(e: NotSent) -> Status {
     let mut status = Status::unavailable(e.to_string());
     status.set_source(Arc::new(e));
-    Box::new(status)
+    status
 }
 
 impl Inner {
@@ -475,6 +608,110 @@ mod tests {
         let pings = Keepalive { interval: Duration::from_millis(100), timeout: Duration::from_millis(100) };
         assert!(!open_after_a_while(Some(pings)).await, "no answer to a ping: closed");
         assert!(open_after_a_while(None).await, "without pings the connection stays");
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        frame
+    }
+
+    #[test]
+    fn messages_are_taken_whole_from_what_arrived() {
+        let mut received = BytesMut::new();
+        let two = [framed(b"first"), framed(b"second")].concat();
+        received.extend_from_slice(&two[..3]);
+        assert_eq!(next_message(&mut received, 100).expect("ok"), None, "half a prefix");
+        received.extend_from_slice(&two[3..8]);
+        assert_eq!(next_message(&mut received, 100).expect("ok"), None, "half a message");
+        received.extend_from_slice(&two[8..]);
+        assert_eq!(next_message(&mut received, 100).expect("ok").as_deref(), Some(&b"first"[..]));
+        assert_eq!(next_message(&mut received, 100).expect("ok").as_deref(), Some(&b"second"[..]));
+        assert_eq!(next_message(&mut received, 100).expect("ok"), None);
+        assert!(received.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_or_compressed_message_is_refused() {
+        let mut received = BytesMut::from(&framed(b"0123456789")[..]);
+        let e = next_message(&mut received, 9).expect_err("over the limit");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        let mut compressed = framed(b"x");
+        compressed[0] = 1;
+        let e = next_message(&mut BytesMut::from(&compressed[..]), 9).expect_err("compressed");
+        assert_eq!(e.code(), tonic::Code::Internal, "{e:?}");
+    }
+
+    /// An HTTP/2 server whose every call echoes the DATA it receives and ends with status OK
+    /// when the caller ends its side; with `refuse`, it answers each call at once with
+    /// UNIMPLEMENTED ("trailers-only").
+    async fn echo_server(refuse: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let headers = http::Response::builder().header("content-type", "application/grpc");
+                        if refuse {
+                            let refusal = headers.header("grpc-status", "12").body(()).expect("response");
+                            let _ = respond.send_response(refusal, true);
+                            continue;
+                        }
+                        let Ok(mut send) = respond.send_response(headers.body(()).expect("response"), false)
+                        else {
+                            return;
+                        };
+                        let mut body = request.into_body();
+                        tokio::spawn(async move {
+                            while let Some(Ok(chunk)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                                let _ = send.send_data(chunk, false);
+                            }
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = send.send_trailers(trailers);
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_bidi_stream_carries_messages_both_ways_in_order() {
+        let conn = Conn::lazy(&echo_server(false).await, SETTINGS).expect("address");
+        let mut stream = conn.bidi("/test.Echo/Stream").await.expect("open");
+        for i in 0..50u32 {
+            let message = vec![i as u8; i as usize * 1000];
+            stream.send(&message).expect("send");
+            assert_eq!(stream.recv(1 << 20).await.expect("recv"), message, "message {i}");
+        }
+        // A message larger than the receiver's limit is refused, not returned cut.
+        stream.send(&[7; 2000]).expect("send");
+        assert_eq!(stream.recv(1000).await.expect_err("too large").code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn a_refused_bidi_call_brings_its_status_back() {
+        let conn = Conn::lazy(&echo_server(true).await, SETTINGS).expect("address");
+        let mut stream = conn.bidi("/test.Echo/Stream").await.expect("open");
+        stream.send(b"hello").expect("send");
+        let status = stream.recv(1 << 20).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_bidi_call_nobody_accepts_is_unavailable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        drop(listener);
+        let conn = Conn::lazy(&addr, SETTINGS).expect("address");
+        let e = conn.bidi("/test.Echo/Stream").await.err().expect("nobody listens");
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
     }
 
     #[test]
