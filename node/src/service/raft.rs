@@ -8,9 +8,11 @@ use seam_proto::v1 as pb;
 use seam_proto::v1::raft_server::Raft as RaftRpc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tonic::codegen::BoxStream;
 use tonic::Request;
 use tonic::Response;
 use tonic::Status;
+use tonic::Streaming;
 
 use crate::replica::Replica;
 
@@ -31,10 +33,14 @@ fn decode<T: DeserializeOwned>(msg: &pb::RaftMessage) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("undecodable Raft message: {e}")))
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftMessage>, Status> {
+fn encode_message<T: Serialize>(value: &T) -> Result<pb::RaftMessage, Status> {
     let data =
         bincode::serialize(value).map_err(|e| Status::internal(format!("encoding Raft reply: {e}")))?;
-    Ok(Response::new(pb::RaftMessage { data }))
+    Ok(pb::RaftMessage { data })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Response<pb::RaftMessage>, Status> {
+    encode_message(value).map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -45,6 +51,33 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<pb::RaftMessage>, Status> {
         let rpc = decode(req.get_ref())?;
         encode(&self.replica.raft().append_entries(rpc).await)
+    }
+
+    type AppendStreamStream = BoxStream<pb::RaftMessage>;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::RaftMessage>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        // One request at a time, each answered before the next is read: the sender keeps
+        // one in flight, and h2's flow control holds back a sender that does not.
+        let answers =
+            futures::stream::unfold(Some((req.into_inner(), self.replica.clone())), |state| async move {
+                let (mut requests, replica) = state?;
+                let request = match requests.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                let answer = match decode(&request) {
+                    Ok(rpc) => encode_message(&replica.raft().append_entries(rpc).await),
+                    Err(status) => Err(status),
+                };
+                // An error ends the call (tonic sends it as the status); the next item is None.
+                let next = answer.is_ok().then_some((requests, replica));
+                Some((answer, next))
+            });
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn vote(&self, req: Request<pb::RaftMessage>) -> Result<Response<pb::RaftMessage>, Status> {
