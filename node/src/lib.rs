@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod cpu_latency;
 pub mod demo;
 pub mod error;
 pub mod http;

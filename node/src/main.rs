@@ -79,6 +79,10 @@ struct NodeArgs {
     /// Async runtime threads: 0 = one per CPU core, 1 = one thread (nodes sharing few cores).
     #[arg(long, env = "SEAM_WORKER_THREADS")]
     worker_threads: Option<usize>,
+    /// Ask the kernel that idle CPUs wake within this many µs while the node runs (0: they
+    /// poll; needs root). Unset: the kernel's idle policy is left alone.
+    #[arg(long, env = "SEAM_CPU_WAKEUP_LATENCY_US")]
+    cpu_wakeup_latency_us: Option<u32>,
 }
 
 impl NodeArgs {
@@ -122,6 +126,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.worker_threads {
             config.worker_threads = v;
+        }
+        if let Some(v) = self.cpu_wakeup_latency_us {
+            config.cpu_wakeup_latency_us = Some(v);
         }
         config.validate()?;
         Ok(config)

@@ -26,6 +26,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::parse_initial_cluster;
 use crate::config::Config;
+use crate::cpu_latency;
 use crate::metrics::Metrics;
 use crate::network::NetworkFactory;
 use crate::peer::Faults;
@@ -57,6 +58,8 @@ pub enum ServerError {
     Bind { what: &'static str, addr: String, source: std::io::Error },
     #[error("serving: {0}")]
     Serve(String),
+    #[error(transparent)]
+    CpuLatency(#[from] crate::cpu_latency::CpuLatencyError),
 }
 
 /// A running node.
@@ -270,6 +273,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         addr: config.listen.clone(),
         source,
     })?;
+    // Held until the node has stopped.
+    let _cpu_latency = match config.cpu_wakeup_latency_us {
+        Some(us) => Some(cpu_latency::request(std::path::Path::new(cpu_latency::CPU_DMA_LATENCY), us)?),
+        None => None,
+    };
     let handle = start(config, listener, Arc::default()).await?;
     shutdown.await;
     tracing::info!("shutting down");
