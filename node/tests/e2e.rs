@@ -261,7 +261,7 @@ fn nodes_refuse_bad_config_and_foreign_data() {
     refused(&["--id", "1", "--initial-cluster", "1=nonsense"], "initial_cluster");
     refused(&["--id", "1", "--worker-threads", "5000"], "worker_threads");
     refused(&["--id", "1", "--cpu-wakeup-latency-us", "2000000"], "cpu_wakeup_latency_us");
-    refused(&["--id", "1", "--cpu-wakeup-latency-us", "-1"], "cpu-wakeup-latency-us");
+    refused(&["--id", "1", "--cpu-wakeup-latency-us=-1"], "cpu-wakeup-latency-us");
     let config = dir.path().join("bad.toml");
     std::fs::write(&config, "id = 2\nbogus_field = 1\n").expect("write config");
     refused(&["--config", config.to_str().expect("utf-8 path")], "bogus_field");
