@@ -570,12 +570,15 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
     }
 
+    /// A loopback address nobody listens on.
+    async fn dead_address() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr").to_string()
+    }
+
     #[tokio::test]
     async fn a_call_nobody_accepts_is_unavailable_and_not_sent() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
-        let conn = Conn::lazy(&addr, SETTINGS).expect("address");
+        let conn = Conn::lazy(&dead_address().await, SETTINGS).expect("address");
         let status = get(&conn).await;
         assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
         assert!(has_not_sent(&status), "{status:?}");
@@ -705,13 +708,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_bidi_call_nobody_accepts_is_unavailable() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        drop(listener);
-        let conn = Conn::lazy(&addr, SETTINGS).expect("address");
+    async fn a_bidi_call_nobody_accepts_is_unavailable_and_not_sent() {
+        let conn = Conn::lazy(&dead_address().await, SETTINGS).expect("address");
         let e = conn.bidi("/test.Echo/Stream").await.err().expect("nobody listens");
         assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(has_not_sent(&e), "{e:?}");
     }
 
     #[test]

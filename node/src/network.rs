@@ -1,4 +1,5 @@
-//! openraft's network over tonic: AppendEntries, Vote and InstallSnapshot (in chunks).
+//! openraft's network over tonic: AppendEntries (on one long-lived `AppendStream` call per
+//! peer, see `Network::call`), Vote and InstallSnapshot (in chunks).
 //!
 //! openraft's request and response types travel bincode-encoded inside a `RaftMessage`;
 //! both ends run the same build. The receiving side is [`crate::service::raft`]. The

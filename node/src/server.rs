@@ -59,7 +59,7 @@ pub enum ServerError {
     #[error("serving: {0}")]
     Serve(String),
     #[error(transparent)]
-    CpuLatency(#[from] crate::cpu_latency::CpuLatencyError),
+    CpuLatency(#[from] cpu_latency::CpuLatencyError),
 }
 
 /// A running node.

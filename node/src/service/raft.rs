@@ -1,4 +1,6 @@
 //! The receiving side of openraft's network (see [`crate::network`]), plus ReadIndex.
+//! AppendEntries come as unary calls or, from a leader's replication, as the messages of
+//! one `AppendStream` call, answered one by one in order.
 //!
 //! A message that does not decode is `InvalidArgument` (the peer runs another build, or
 //! the bytes were damaged); Raft's own refusals travel back inside the reply as
