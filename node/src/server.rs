@@ -194,7 +194,7 @@ pub async fn start(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
         .add_service(
-            RaftServer::new(RaftService::new(replica.clone()))
+            RaftServer::new(RaftService::new(replica.clone(), stopped.clone()))
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )

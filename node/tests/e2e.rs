@@ -60,6 +60,15 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Stops the node with SIGTERM, a clean shutdown, and returns how it exited.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the node runs");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) with a valid signal on our own child, which has not been waited for.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM sent");
+        child.wait().expect("the node exits")
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -243,6 +252,16 @@ fn three_processes_serve_the_cli_and_survive_a_leader_kill() {
         assert!(Instant::now() < deadline, "the restarted node did not catch up: {}", stdout(&out));
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A follower stops cleanly on SIGTERM while the leader replicates to it: its server
+    // ends the leader's AppendStream call instead of waiting for it (the node gives its
+    // shutdown 10 s, then exits with an error).
+    let leader = cluster.leader(Duration::from_secs(30));
+    ok(cluster.seam(&["put", "before-stop", "yes"]), "put before the stop");
+    let follower = cluster.nodes.iter().position(|n| n.id != leader).expect("a follower");
+    let id = cluster.nodes[follower].id;
+    let status = cluster.nodes[follower].terminate();
+    assert!(status.success(), "node {id} exited with {status:?} after SIGTERM:\n{}", cluster.node_log(id));
 }
 
 #[test]

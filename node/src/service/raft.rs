@@ -10,6 +10,7 @@ use seam_proto::v1 as pb;
 use seam_proto::v1::raft_server::Raft as RaftRpc;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 use tonic::codegen::BoxStream;
 use tonic::Request;
 use tonic::Response;
@@ -22,11 +23,14 @@ use crate::replica::Replica;
 #[derive(Clone)]
 pub struct RaftService {
     replica: Replica,
+    /// Turns true when the node starts shutting down: open `AppendStream` calls then end,
+    /// or the server's graceful shutdown would wait for the leader to close them.
+    stopping: watch::Receiver<bool>,
 }
 
 impl RaftService {
-    pub fn new(replica: Replica) -> Self {
-        RaftService { replica }
+    pub fn new(replica: Replica, stopping: watch::Receiver<bool>) -> Self {
+        RaftService { replica, stopping }
     }
 }
 
@@ -62,23 +66,30 @@ impl RaftRpc for RaftService {
         req: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         // One request at a time, each answered before the next is read: the sender keeps
-        // one in flight, and h2's flow control holds back a sender that does not.
-        let answers =
-            futures::stream::unfold(Some((req.into_inner(), self.replica.clone())), |state| async move {
-                let (mut requests, replica) = state?;
-                let request = match requests.message().await {
-                    Ok(Some(request)) => request,
-                    Ok(None) => return None,
-                    Err(status) => return Some((Err(status), None)),
-                };
-                let answer = match decode(&request) {
-                    Ok(rpc) => encode_message(&replica.raft().append_entries(rpc).await),
-                    Err(status) => Err(status),
-                };
-                // An error ends the call (tonic sends it as the status); the next item is None.
-                let next = answer.is_ok().then_some((requests, replica));
-                Some((answer, next))
-            });
+        // one in flight, and h2's flow control holds back a sender that does not. Between
+        // requests the call ends if the node is shutting down.
+        let state = (req.into_inner(), self.replica.clone(), self.stopping.clone());
+        let answers = futures::stream::unfold(Some(state), |state| async move {
+            let (mut requests, replica, mut stopping) = state?;
+            let received = tokio::select! {
+                received = requests.message() => received,
+                _ = stopping.wait_for(|stopping| *stopping) => {
+                    return Some((Err(Status::unavailable("the node is shutting down")), None));
+                }
+            };
+            let request = match received {
+                Ok(Some(request)) => request,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            let answer = match decode(&request) {
+                Ok(rpc) => encode_message(&replica.raft().append_entries(rpc).await),
+                Err(status) => Err(status),
+            };
+            // An error ends the call (tonic sends it as the status); the next item is None.
+            let next = answer.is_ok().then_some((requests, replica, stopping));
+            Some((answer, next))
+        });
         Ok(Response::new(Box::pin(answers)))
     }
 
