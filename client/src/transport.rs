@@ -195,8 +195,8 @@ const GRPC_PREFIX_BYTES: usize = 5;
 
 /// One gRPC call with a stream of messages each way, opened by [`Conn::bidi`]. Messages go
 /// out as they are sent, each in one DATA frame, and come back in order; no task other
-/// than the connection's is involved. Messages are protobuf-encoded by the caller and not
-/// compressed. Dropping the stream cancels the call (the server sees RST_STREAM).
+/// than the connection's is involved. Messages are not compressed. Dropping the stream
+/// cancels the call (the server sees RST_STREAM).
 ///
 /// Used where one peer sends many small requests in turn: a unary call costs a new HTTP/2
 /// stream each (HEADERS both ways, a new task on the server), a message on an open stream
@@ -212,24 +212,37 @@ pub struct BidiStream {
 }
 
 impl BidiStream {
-    /// Sends one protobuf-encoded message. It is buffered by h2 (at most this message, as
-    /// long as the caller waits for answers) until the peer's flow-control window lets it out.
-    pub fn send(&mut self, message: &[u8]) -> Result<(), Status> {
-        let len = u32::try_from(message.len()).map_err(|_| {
-            Status::resource_exhausted(format!("a {} byte message is too large", message.len()))
-        })?;
-        let mut frame = BytesMut::with_capacity(GRPC_PREFIX_BYTES + message.len());
+    /// Sends one message, of at most `bytes_max` bytes encoded. It is buffered by h2 (at
+    /// most this message, as long as the caller waits for answers) until the peer's
+    /// flow-control window lets it out.
+    pub fn send(&mut self, message: &impl prost::Message, bytes_max: usize) -> Result<(), Status> {
+        let len = message.encoded_len();
+        let too_large = || {
+            Status::resource_exhausted(format!(
+                "a {len} byte message is larger than the limit of {bytes_max}"
+            ))
+        };
+        if len > bytes_max {
+            return Err(too_large());
+        }
+        let prefix_len = u32::try_from(len).map_err(|_| too_large())?;
+        let mut frame = BytesMut::with_capacity(GRPC_PREFIX_BYTES + len);
         frame.put_u8(0);
-        frame.put_u32(len);
-        frame.extend_from_slice(message);
+        frame.put_u32(prefix_len);
+        message.encode(&mut frame).map_err(|e| Status::internal(format!("encoding a message: {e}")))?;
         self.send
             .send_data(frame.freeze(), false)
             .map_err(|e| Status::unavailable(format!("sending on the stream: {e}")))
     }
 
-    /// Receives the next message (protobuf-encoded), of at most `bytes_max` bytes. The
-    /// stream's end is an error: its gRPC status if the server gave one, else `Unavailable`.
-    pub async fn recv(&mut self, bytes_max: usize) -> Result<Bytes, Status> {
+    /// Receives the next message, of at most `bytes_max` bytes encoded. The stream's end is
+    /// an error: its gRPC status if the server gave one, else `Unavailable`.
+    pub async fn recv<M: prost::Message + Default>(&mut self, bytes_max: usize) -> Result<M, Status> {
+        let message = self.recv_encoded(bytes_max).await?;
+        M::decode(message).map_err(|e| Status::internal(format!("an undecodable message on the stream: {e}")))
+    }
+
+    async fn recv_encoded(&mut self, bytes_max: usize) -> Result<Bytes, Status> {
         if self.recv.is_none() {
             let Some(response) = self.response.take() else {
                 return Err(Status::unavailable("the stream has ended"));
@@ -690,20 +703,24 @@ mod tests {
         let mut stream = conn.bidi("/test.Echo/Stream").await.expect("open");
         for i in 0..50u32 {
             let message = vec![i as u8; i as usize * 1000];
-            stream.send(&message).expect("send");
-            assert_eq!(stream.recv(1 << 20).await.expect("recv"), message, "message {i}");
+            stream.send(&message, 1 << 20).expect("send");
+            assert_eq!(stream.recv::<Vec<u8>>(1 << 20).await.expect("recv"), message, "message {i}");
         }
+        // A message larger than the sender's limit is not sent.
+        let e = stream.send(&vec![7u8; 2000], 1000).expect_err("too large to send");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         // A message larger than the receiver's limit is refused, not returned cut.
-        stream.send(&[7; 2000]).expect("send");
-        assert_eq!(stream.recv(1000).await.expect_err("too large").code(), tonic::Code::ResourceExhausted);
+        stream.send(&vec![7u8; 2000], 1 << 20).expect("send");
+        let e = stream.recv::<Vec<u8>>(1000).await.expect_err("too large to receive");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
     }
 
     #[tokio::test]
     async fn a_refused_bidi_call_brings_its_status_back() {
         let conn = Conn::lazy(&echo_server(true).await, SETTINGS).expect("address");
         let mut stream = conn.bidi("/test.Echo/Stream").await.expect("open");
-        stream.send(b"hello").expect("send");
-        let status = stream.recv(1 << 20).await.expect_err("refused");
+        stream.send(&b"hello".to_vec(), 1 << 20).expect("send");
+        let status = stream.recv::<Vec<u8>>(1 << 20).await.expect_err("refused");
         assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
     }
 

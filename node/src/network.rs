@@ -24,10 +24,10 @@ use openraft::raft::InstallSnapshotRequest;
 use openraft::raft::InstallSnapshotResponse;
 use openraft::raft::VoteRequest;
 use openraft::raft::VoteResponse;
-use prost::Message;
 use seam_client::transport::BidiStream;
 use seam_client::transport::Conn;
 use seam_proto::v1::raft_client::RaftClient;
+use seam_proto::v1::raft_server;
 use seam_proto::v1::RaftMessage;
 use seam_raft_storage::Node;
 use seam_raft_storage::NodeId;
@@ -62,9 +62,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             peers: self.peers.clone(),
             message_bytes_max: self.message_bytes_max,
             client: None,
-            appends: None,
-            appended: false,
-            unary_appends: false,
+            appends: Appends::First,
         }
     }
 }
@@ -76,17 +74,18 @@ pub struct Network {
     peers: Peers,
     message_bytes_max: usize,
     client: Option<RaftClient<Conn>>,
-    /// The open `AppendStream` call to the peer, if any (see [`Network::append`]).
-    appends: Option<BidiStream>,
-    /// Whether this `Network` has sent an AppendEntries before: its first goes as a unary
-    /// call (see [`Network::call`]).
-    appended: bool,
-    /// The peer refused `AppendStream` (an older build): AppendEntries go to it unary.
-    unary_appends: bool,
+    appends: Appends,
 }
 
-/// The gRPC path of `Raft.AppendStream`.
-const APPEND_STREAM_PATH: &str = "/seam.v1.Raft/AppendStream";
+/// How a [`Network`] sends AppendEntries (see [`Network::call`]).
+enum Appends {
+    /// None sent yet: the first goes unary.
+    First,
+    /// On an `AppendStream` call: the open one, if any (see [`Network::append`]).
+    Streamed(Option<BidiStream>),
+    /// Unary: the peer refused `AppendStream` (an older build).
+    Unary,
+}
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Node, RaftError<NodeId, E>>;
 
@@ -127,8 +126,8 @@ impl Network {
         // and one per peer for every leadership check behind linearizable reads, which sends
         // one. Opening a streaming call for that one would cost more than a unary call, so a
         // `Network`'s first AppendEntries goes unary and the rest on the stream.
-        let streamed = match rpc {
-            Rpc::Append if self.appended && !self.unary_appends => {
+        let streamed = match (rpc, &self.appends) {
+            (Rpc::Append, Appends::Streamed(_)) => {
                 match tokio::time::timeout(timeout, self.append(&msg)).await {
                     // The peer runs a build without `AppendStream`; the request never
                     // reached its Raft, so it goes again, unary, as will the next ones.
@@ -137,7 +136,7 @@ impl Network {
                             peer = self.target,
                             "the peer has no AppendStream; sending AppendEntries unary"
                         );
-                        self.unary_appends = true;
+                        self.appends = Appends::Unary;
                         None
                     }
                     streamed => Some(streamed),
@@ -148,7 +147,9 @@ impl Network {
         let reply = match streamed {
             Some(streamed) => streamed,
             None => {
-                self.appended |= matches!(rpc, Rpc::Append);
+                if let (Rpc::Append, Appends::First) = (rpc, &self.appends) {
+                    self.appends = Appends::Streamed(None);
+                }
                 let mut client = self.client()?;
                 let call = async {
                     let reply = match rpc {
@@ -186,26 +187,21 @@ impl Network {
     /// timeout), is dropped with it: the next request goes on a new call and never gets an
     /// earlier request's answer.
     async fn append(&mut self, msg: &RaftMessage) -> Result<RaftMessage, tonic::Status> {
-        let len = msg.encoded_len();
-        if len > self.message_bytes_max {
-            return Err(tonic::Status::resource_exhausted(format!(
-                "a {len} byte AppendEntries is larger than message_bytes_max ({})",
-                self.message_bytes_max
-            )));
-        }
-        let mut appends = match self.appends.take() {
-            Some(appends) => appends,
+        let open = match &mut self.appends {
+            Appends::Streamed(open) => open.take(),
+            Appends::First | Appends::Unary => None,
+        };
+        let mut stream = match open {
+            Some(stream) => stream,
             None => {
                 let conn =
                     self.peers.channel(&self.addr).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                conn.bidi(APPEND_STREAM_PATH).await?
+                conn.bidi(&format!("/{}/AppendStream", raft_server::SERVICE_NAME)).await?
             }
         };
-        appends.send(&msg.encode_to_vec())?;
-        let reply = appends.recv(self.message_bytes_max).await?;
-        let reply = RaftMessage::decode(reply)
-            .map_err(|e| tonic::Status::internal(format!("undecodable AppendStream answer: {e}")))?;
-        self.appends = Some(appends);
+        stream.send(msg, self.message_bytes_max)?;
+        let reply = stream.recv(self.message_bytes_max).await?;
+        self.appends = Appends::Streamed(Some(stream));
         Ok(reply)
     }
 }
