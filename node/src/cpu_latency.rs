@@ -64,9 +64,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cpu_dma_latency");
         std::fs::write(&path, b"").expect("create");
+        // Open descriptors of this process naming `path`.
+        let open = || {
+            std::fs::read_dir("/proc/self/fd")
+                .expect("/proc/self/fd")
+                .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter(|target| *target == path)
+                .count()
+        };
         let held = request(&path, 20).expect("request");
         assert_eq!(std::fs::read(&path).expect("read"), 20i32.to_ne_bytes());
+        assert_eq!(open(), 1, "the request holds the file open");
         drop(held);
+        assert_eq!(open(), 0, "dropping the request closes it");
     }
 
     #[test]
