@@ -1,4 +1,7 @@
+use std::ops::Range;
 use std::time::Duration;
+
+use rand::Rng;
 
 use crate::engine::time_state;
 use crate::AsyncRuntime;
@@ -26,6 +29,10 @@ pub(crate) struct EngineConfig<NID: NodeId> {
     pub(crate) max_payload_entries: u64,
 
     pub(crate) timer_config: time_state::Config,
+
+    /// Election timeouts are drawn from this range, in milliseconds: once when the engine is
+    /// built and again at the start of every campaign (Seam patch 3).
+    pub(crate) election_timeout_range_ms: Range<u64>,
 }
 
 impl<NID: NodeId> Default for EngineConfig<NID> {
@@ -37,13 +44,15 @@ impl<NID: NodeId> Default for EngineConfig<NID> {
             purge_batch_size: 256,
             max_payload_entries: 300,
             timer_config: time_state::Config::default(),
+            election_timeout_range_ms: 150..300,
         }
     }
 }
 
 impl<NID: NodeId> EngineConfig<NID> {
     pub(crate) fn new<RT: AsyncRuntime>(id: NID, config: &Config) -> Self {
-        let election_timeout = Duration::from_millis(config.new_rand_election_timeout::<RT>());
+        let election_timeout_range_ms = config.election_timeout_min..config.election_timeout_max;
+        let election_timeout = draw_election_timeout::<RT>(&election_timeout_range_ms);
         Self {
             id,
             snapshot_policy: config.snapshot_policy.clone(),
@@ -55,6 +64,17 @@ impl<NID: NodeId> EngineConfig<NID> {
                 smaller_log_timeout: Duration::from_millis(config.election_timeout_max * 2),
                 leader_lease: Duration::from_millis(config.election_timeout_max),
             },
+            election_timeout_range_ms,
         }
     }
+
+    /// A fresh random election timeout for the next campaign (Seam patch 3).
+    pub(crate) fn draw_election_timeout<RT: AsyncRuntime>(&self) -> Duration {
+        draw_election_timeout::<RT>(&self.election_timeout_range_ms)
+    }
+}
+
+/// A random duration in `range_ms`; `Config::validate` makes sure the range is not empty.
+fn draw_election_timeout<RT: AsyncRuntime>(range_ms: &Range<u64>) -> Duration {
+    Duration::from_millis(RT::thread_rng().gen_range(range_ms.clone()))
 }

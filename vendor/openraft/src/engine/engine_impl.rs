@@ -225,6 +225,11 @@ where C: RaftTypeConfig
             self.leader.as_ref().map(|l| l.vote.to_string()).unwrap_or_default()
         );
 
+        // Seam patch 3: every campaign waits its own random election timeout before the next.
+        // Drawn once per engine, two nodes whose timeouts fired together once (after a leader
+        // loss) would fire together again after every split vote, and never elect a leader.
+        self.config.timer_config.election_timeout = self.config.draw_election_timeout::<C::AsyncRuntime>();
+
         let new_term = self.state.vote.leader_id().term + 1;
         let new_vote = Vote::new(new_term, self.config.id.clone());
 

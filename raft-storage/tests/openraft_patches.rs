@@ -1,7 +1,7 @@
-//! Seam's openraft patch (`vendor/openraft/SEAM-PATCH.md`): the leader flushes its own log
-//! while it replicates and counts itself in a quorum only once its flush is done; and a
+//! Seam's openraft patches (`vendor/openraft/SEAM-PATCH.md`): the leader flushes its own log
+//! while it replicates and counts itself in a quorum only once its flush is done; a
 //! committed index reaches the followers with the next entries, or alone after a short
-//! delay when no entries follow.
+//! delay when no entries follow; and every campaign draws its own election timeout.
 //!
 //! Three in-process nodes on this crate's storage talk over an in-memory network that
 //! counts the AppendEntries it carries. Each node's log store is wrapped in a [`Gate`] that
@@ -16,6 +16,9 @@
 //!   index in an AppendEntries of its own: two per write);
 //! - with heartbeats off, the followers still learn and apply the last write (fails if a
 //!   committed index no entries carry is never sent).
+//! - a node that cannot win keeps campaigning at intervals that vary with a fresh election
+//!   timeout each time (fails on stock openraft 0.9, which draws one timeout per `Raft`, so
+//!   two nodes that once campaigned together would split every vote after).
 
 use std::collections::BTreeMap;
 use std::collections::HashSet;
@@ -415,5 +418,54 @@ async fn followers_learn_the_last_commit_without_heartbeats() {
             .await
             .unwrap_or_else(|e| panic!("follower {id} never learned that entry {index} committed: {e}"));
     }
+    cluster.shutdown().await;
+}
+
+/// Campaigns of a node that cannot win, whose intervals are compared.
+const CAMPAIGNS: usize = 9;
+/// The least spread of those intervals that shows a fresh election timeout per campaign.
+/// Drawn from 100..1000 ms, eight intervals fall within 150 ms of each other with a
+/// probability of about 3 in 100 000; one timeout drawn once gives intervals within a tick
+/// (30 ms) of each other plus scheduling delays.
+const SPREAD_MIN: Duration = Duration::from_millis(150);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_campaign_draws_its_own_election_timeout() {
+    let (cluster, leader) = Cluster::start_with(openraft::Config {
+        heartbeat_interval: 20,
+        election_timeout_min: 100,
+        election_timeout_max: 1_000,
+        ..Default::default()
+    })
+    .await;
+    // The leader and one follower cut off: the other follower campaigns again and again,
+    // never reaching a voter.
+    let mut others = (1..=3).filter(|&id| id != leader);
+    let (cut, candidate) = (others.next().expect("two followers"), others.next().expect("two followers"));
+    cluster.cut(leader);
+    cluster.cut(cut);
+
+    let mut metrics = cluster.raft(candidate).metrics();
+    let mut term = metrics.borrow().current_term;
+    let mut campaigns = Vec::with_capacity(CAMPAIGNS);
+    while campaigns.len() < CAMPAIGNS {
+        tokio::time::timeout(COMMIT_WITHIN, metrics.changed())
+            .await
+            .expect("the candidate campaigns again within the longest election timeout")
+            .expect("the node runs");
+        let now = metrics.borrow().current_term;
+        if now > term {
+            term = now;
+            campaigns.push(std::time::Instant::now());
+        }
+    }
+    let intervals: Vec<Duration> = campaigns.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("intervals between campaigns: {intervals:?}");
+    let (shortest, longest) = (intervals.iter().min(), intervals.iter().max());
+    let spread = longest.zip(shortest).map(|(l, s)| *l - *s).unwrap_or_default();
+    assert!(
+        spread >= SPREAD_MIN,
+        "the intervals between campaigns ({intervals:?}) spread over {spread:?} only: every campaign waited the same election timeout"
+    );
     cluster.shutdown().await;
 }
