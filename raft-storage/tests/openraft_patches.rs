@@ -15,7 +15,7 @@
 //!   AppendEntries per write (fails on stock openraft, which sends every new committed
 //!   index in an AppendEntries of its own: two per write);
 //! - with heartbeats off, the followers still learn and apply the last write (fails if a
-//!   committed index no entries carry is never sent).
+//!   committed index no entries carry is never sent);
 //! - a node that cannot win keeps campaigning at intervals that vary with a fresh election
 //!   timeout each time (fails on stock openraft 0.9, which draws one timeout per `Raft`, so
 //!   two nodes that once campaigned together would split every vote after).
@@ -425,7 +425,7 @@ async fn followers_learn_the_last_commit_without_heartbeats() {
 const CAMPAIGNS: usize = 9;
 /// The least spread of those intervals that shows a fresh election timeout per campaign.
 /// Drawn from 100..1000 ms, eight intervals fall within 150 ms of each other with a
-/// probability of about 3 in 100 000; one timeout drawn once gives intervals within a tick
+/// probability of about 2 in 100 000; one timeout drawn once gives intervals within a tick
 /// (30 ms) of each other plus scheduling delays.
 const SPREAD_MIN: Duration = Duration::from_millis(150);
 

@@ -227,7 +227,7 @@ where C: RaftTypeConfig
 
         // Seam patch 3: every campaign waits its own random election timeout before the next.
         // Drawn once per engine, two nodes whose timeouts fired together once (after a leader
-        // loss) would fire together again after every split vote, and never elect a leader.
+        // loss) could fire together again after every split vote, and elect no leader.
         self.config.timer_config.election_timeout = self.config.draw_election_timeout::<C::AsyncRuntime>();
 
         let new_term = self.state.vote.leader_id().term + 1;
