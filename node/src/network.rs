@@ -126,41 +126,27 @@ impl Network {
         // and one per peer for every leadership check behind linearizable reads, which sends
         // one. Opening a streaming call for that one would cost more than a unary call, so a
         // `Network`'s first AppendEntries goes unary and the rest on the stream.
-        let streamed = match (rpc, &self.appends) {
+        let reply = match (rpc, &self.appends) {
             (Rpc::Append, Appends::Streamed(_)) => {
                 match tokio::time::timeout(timeout, self.append(&msg)).await {
-                    // The peer runs a build without `AppendStream`; the request never
-                    // reached its Raft, so it goes again, unary, as will the next ones.
+                    // The peer runs a build without `AppendStream`; the request never reached
+                    // its Raft, so it goes again, unary, as will the next ones.
                     Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
                         tracing::info!(
                             peer = self.target,
                             "the peer has no AppendStream; sending AppendEntries unary"
                         );
                         self.appends = Appends::Unary;
-                        None
+                        self.unary(rpc, msg, timeout).await
                     }
-                    streamed => Some(streamed),
+                    streamed => streamed,
                 }
             }
-            _ => None,
-        };
-        let reply = match streamed {
-            Some(streamed) => streamed,
-            None => {
-                if let (Rpc::Append, Appends::First) = (rpc, &self.appends) {
-                    self.appends = Appends::Streamed(None);
-                }
-                let mut client = self.client()?;
-                let call = async {
-                    let reply = match rpc {
-                        Rpc::Append => client.append_entries(msg).await,
-                        Rpc::Vote => client.vote(msg).await,
-                        Rpc::Snapshot => client.install_snapshot(msg).await,
-                    };
-                    reply.map(tonic::Response::into_inner)
-                };
-                tokio::time::timeout(timeout, call).await
+            (Rpc::Append, Appends::First) => {
+                self.appends = Appends::Streamed(None);
+                self.unary(rpc, msg, timeout).await
             }
+            _ => self.unary(rpc, msg, timeout).await,
         };
         let reply = match reply {
             Ok(Ok(reply)) => reply,
@@ -176,6 +162,28 @@ impl Network {
         let result: Result<Resp, RaftError<NodeId, E>> =
             bincode::deserialize(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// One unary call of `rpc`, within `timeout`.
+    async fn unary(
+        &mut self,
+        rpc: Rpc,
+        msg: RaftMessage,
+        timeout: Duration,
+    ) -> Result<Result<RaftMessage, tonic::Status>, tokio::time::error::Elapsed> {
+        let mut client = match self.client() {
+            Ok(client) => client,
+            Err(e) => return Ok(Err(tonic::Status::unavailable(e.to_string()))),
+        };
+        let call = async {
+            let reply = match rpc {
+                Rpc::Append => client.append_entries(msg).await,
+                Rpc::Vote => client.vote(msg).await,
+                Rpc::Snapshot => client.install_snapshot(msg).await,
+            };
+            reply.map(tonic::Response::into_inner)
+        };
+        tokio::time::timeout(timeout, call).await
     }
 
     /// One AppendEntries over the open `AppendStream` call to the peer, opening it first if
