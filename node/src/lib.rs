@@ -15,6 +15,7 @@ pub mod cpu_latency;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod idle_spin;
 pub mod metrics;
 pub mod network;
 pub mod peer;

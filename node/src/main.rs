@@ -83,6 +83,9 @@ struct NodeArgs {
     /// poll; needs root). Unset: the kernel's idle policy is left alone.
     #[arg(long, env = "SEAM_CPU_WAKEUP_LATENCY_US")]
     cpu_wakeup_latency_us: Option<u32>,
+    /// After each request, spin a lowest-priority thread this many µs (0: never).
+    #[arg(long, env = "SEAM_IDLE_SPIN_US")]
+    idle_spin_us: Option<u32>,
 }
 
 impl NodeArgs {
@@ -129,6 +132,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.cpu_wakeup_latency_us {
             config.cpu_wakeup_latency_us = Some(v);
+        }
+        if let Some(v) = self.idle_spin_us {
+            config.idle_spin_us = v;
         }
         config.validate()?;
         Ok(config)

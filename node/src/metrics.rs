@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Threads of the node's async runtime (`worker_threads`; 1 for a single-threaded one),
     /// set once at start.
     pub runtime_worker_threads: IntGauge,
+    /// Microseconds the node's idle spinner has spun (`idle_spin_us`; stays 0 without it).
+    pub idle_spin_us: IntCounter,
     /// Time from proposing a command to its applied result, by command.
     pub proposal_seconds: HistogramVec,
     /// Client requests by operation and outcome (ok, or the error kind).
@@ -211,6 +213,14 @@ impl Metrics {
                 &registry,
                 "seam_runtime_worker_threads",
                 "Threads of the node's async runtime (1 for a single-threaded runtime)",
+            ),
+            idle_spin_us: register(
+                &registry,
+                IntCounter::new(
+                    "seam_idle_spin_microseconds_total",
+                    "Microseconds the node's idle spinner has spun (CPU time nothing else wanted)",
+                )
+                .expect("valid metric"),
             ),
             proposal_seconds,
             requests,

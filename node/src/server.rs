@@ -27,6 +27,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::parse_initial_cluster;
 use crate::config::Config;
 use crate::cpu_latency;
+use crate::idle_spin::Activity;
+use crate::idle_spin::IdleSpinner;
 use crate::metrics::Metrics;
 use crate::network::NetworkFactory;
 use crate::peer::Faults;
@@ -75,6 +77,8 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<Result<(), ServerError>>>,
     /// The relaxed tier's senders, anti-entropy and sweep.
     background: Vec<JoinHandle<()>>,
+    /// Stopped when the handle is dropped, after the servers.
+    _idle_spin: Option<IdleSpinner>,
 }
 
 impl NodeHandle {
@@ -158,6 +162,15 @@ pub async fn start(
         .await
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let metrics = Metrics::new();
+    let (idle_spin, activity) = match config.idle_spin_us {
+        0 => (None, Activity::default()),
+        us => {
+            let window = Duration::from_micros(u64::from(us));
+            let (spinner, activity) = IdleSpinner::start(window, metrics.idle_spin_us.clone())
+                .map_err(|e| ServerError::Serve(format!("starting the idle spinner: {e}")))?;
+            (Some(spinner), activity)
+        }
+    };
     metrics.runtime_worker_threads.set(tokio::runtime::Handle::current().metrics().num_workers() as i64);
     let replica = Replica::new(config.clone(), raft.clone(), state, peers, metrics);
 
@@ -191,10 +204,15 @@ pub async fn start(
     };
 
     let bytes_max = config.limits.message_bytes_max;
+    let noted = activity.clone();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let router = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(move |request| {
+            noted.note();
+            Ok(request)
+        }))
         .add_service(
-            RaftServer::new(RaftService::new(replica.clone(), stopped.clone()))
+            RaftServer::new(RaftService::new(replica.clone(), stopped.clone(), activity))
                 .max_decoding_message_size(bytes_max)
                 .max_encoding_message_size(bytes_max),
         )
@@ -236,7 +254,7 @@ pub async fn start(
     let background = relaxed.spawn(stopped.clone());
 
     tracing::info!(id = config.id, region = %config.region, %addr, "node started");
-    Ok(NodeHandle { replica, relaxed, addr, metrics_addr, stop, tasks, background })
+    Ok(NodeHandle { replica, relaxed, addr, metrics_addr, stop, tasks, background, _idle_spin: idle_spin })
 }
 
 /// Initializes the cluster from `initial_cluster` when this node's storage is pristine.

@@ -334,3 +334,45 @@ async fn bad_input_gets_errors_that_name_the_problem() {
     assert!(matches!(client.put("", "v").await, Err(Error::InvalidArgument { .. })));
     cluster.shutdown().await;
 }
+
+/// Microseconds each node's idle spinner has spun so far.
+fn spun(cluster: &TestCluster) -> BTreeMap<u64, u64> {
+    cluster.configs.keys().map(|&id| (id, cluster.node(id).replica.metrics().idle_spin_us.get())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_spin_after_the_requests_they_receive_unless_told_not_to() {
+    // The default: the leader spins after client calls, followers after the AppendEntries
+    // on their streams. The relaxed tier's own traffic between nodes is put off, so that
+    // followers receive nothing but Raft's.
+    let quiet_relaxed = |c: &mut seam_node::config::Config| {
+        c.relaxed.heartbeat_ms = 300_000;
+        c.relaxed.anti_entropy_interval_ms = 600_000;
+        c.relaxed.tombstone_ttl_ms = 6_000_000;
+    };
+    let cluster = TestCluster::start_with(3, quiet_relaxed).await;
+    let client = cluster.client().await;
+    cluster.leader(ELECTION).await;
+    client.put("warm", "1").await.expect("first put");
+    let before = spun(&cluster);
+    for i in 0..50 {
+        client.put(format!("k{i}"), "v").await.expect("put");
+    }
+    eventually("every node's spinner to spin after the puts", ELECTION, || async {
+        let now = spun(&cluster);
+        now.iter().all(|(id, us)| *us > before[id]).then_some(())
+    })
+    .await;
+    cluster.shutdown().await;
+
+    // `idle_spin_us = 0`: no spinner at all.
+    let cluster = TestCluster::start_with(3, |c| c.idle_spin_us = 0).await;
+    let client = cluster.client().await;
+    cluster.leader(ELECTION).await;
+    for i in 0..50 {
+        client.put(format!("k{i}"), "v").await.expect("put");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(spun(&cluster).values().all(|us| *us == 0), "spun with idle_spin_us = 0: {:?}", spun(&cluster));
+    cluster.shutdown().await;
+}

@@ -17,6 +17,7 @@ use tonic::Response;
 use tonic::Status;
 use tonic::Streaming;
 
+use crate::idle_spin::Activity;
 use crate::replica::Replica;
 
 /// The `Raft` service of one node.
@@ -26,11 +27,13 @@ pub struct RaftService {
     /// Turns true when the node starts shutting down: open `AppendStream` calls then end,
     /// or the server's graceful shutdown would wait for the leader to close them.
     stopping: watch::Receiver<bool>,
+    /// Each `AppendStream` message is noted here, as the server notes each call.
+    activity: Activity,
 }
 
 impl RaftService {
-    pub fn new(replica: Replica, stopping: watch::Receiver<bool>) -> Self {
-        RaftService { replica, stopping }
+    pub fn new(replica: Replica, stopping: watch::Receiver<bool>, activity: Activity) -> Self {
+        RaftService { replica, stopping, activity }
     }
 }
 
@@ -68,9 +71,9 @@ impl RaftRpc for RaftService {
         // One request at a time, each answered before the next is read: the sender keeps
         // one in flight, and h2's flow control holds back a sender that does not. Between
         // requests the call ends if the node is shutting down.
-        let state = (req.into_inner(), self.replica.clone(), self.stopping.clone());
+        let state = (req.into_inner(), self.replica.clone(), self.stopping.clone(), self.activity.clone());
         let answers = futures::stream::unfold(Some(state), |state| async move {
-            let (mut requests, replica, mut stopping) = state?;
+            let (mut requests, replica, mut stopping, activity) = state?;
             let received = tokio::select! {
                 received = requests.message() => received,
                 _ = stopping.wait_for(|stopping| *stopping) => {
@@ -78,7 +81,10 @@ impl RaftRpc for RaftService {
                 }
             };
             let request = match received {
-                Ok(Some(request)) => request,
+                Ok(Some(request)) => {
+                    activity.note();
+                    request
+                }
                 Ok(None) => return None,
                 Err(status) => return Some((Err(status), None)),
             };
@@ -87,7 +93,7 @@ impl RaftRpc for RaftService {
                 Err(status) => Err(status),
             };
             // An error ends the call (tonic sends it as the status); the next item is None.
-            let next = answer.is_ok().then_some((requests, replica, stopping));
+            let next = answer.is_ok().then_some((requests, replica, stopping, activity));
             Some((answer, next))
         });
         Ok(Response::new(Box::pin(answers)))
