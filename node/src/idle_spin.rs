@@ -1,17 +1,19 @@
 //! A low-priority thread that keeps one CPU awake for a short while after each request the
 //! node receives (`idle_spin_us`).
 //!
-//! On a machine whose idle CPUs halt (most virtual machines), waking a sleeping thread on
-//! an idle CPU is a trip through the hypervisor, and a replicated write wakes threads
-//! several times on its way (the leader for the request, each follower for its
+//! On a machine whose idle CPUs halt (as in many virtual machines), waking a sleeping
+//! thread on an idle CPU is a trip through the hypervisor, and a replicated write wakes
+//! threads several times on its way (the leader for the request, each follower for its
 //! AppendEntries, their log flushers, the leader again for the answers). A CPU that is
 //! running something does not need that trip. So after each request (a gRPC call, or one
 //! message of a leader's AppendEntries stream) the node lets a thread of its own spin for
 //! `idle_spin_us`, counted from the latest request. The thread runs at Linux's `SCHED_IDLE`
 //! policy (where that is not to be had, it does not spin): any other thread that wants its
-//! CPU takes it at once, so it spends only time the CPU would have spent idle. The cost is that time: CPU time and power while requests
-//! arrive, none once they stop. High-performance servers built on polling reactors do the
-//! same (Seastar's reactors poll for a while before they sleep).
+//! CPU takes it at once, so it spends only time the CPU would have spent idle. The cost is
+//! that time: CPU time and power while requests arrive, none once they stop. Linux's
+//! `haltpoll` idle driver for virtual machines does the like inside the guest kernel,
+//! polling for up to `guest_halt_poll_ns` before it halts; the test machine has that at 0,
+//! and it is a setting of the whole machine, not of a node.
 //!
 //! Noting a request costs one atomic increment and one atomic load on the request's path;
 //! a futex wake-up is added only when the spinner had gone to sleep. The time spent

@@ -83,7 +83,7 @@ struct NodeArgs {
     /// poll; needs root). Unset: the kernel's idle policy is left alone.
     #[arg(long, env = "SEAM_CPU_WAKEUP_LATENCY_US")]
     cpu_wakeup_latency_us: Option<u32>,
-    /// After each request, spin a lowest-priority thread this many µs (0: never).
+    /// After each request, spin a lowest-priority thread this many µs (default 500; 0: never).
     #[arg(long, env = "SEAM_IDLE_SPIN_US")]
     idle_spin_us: Option<u32>,
 }
