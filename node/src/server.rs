@@ -77,7 +77,8 @@ pub struct NodeHandle {
     tasks: Vec<JoinHandle<Result<(), ServerError>>>,
     /// The relaxed tier's senders, anti-entropy and sweep.
     background: Vec<JoinHandle<()>>,
-    /// Stopped when the handle is dropped, after the servers.
+    /// The idle spinner, if any: it stops when the handle is dropped (at the end of
+    /// `shutdown`, once the servers have stopped).
     _idle_spin: Option<IdleSpinner>,
 }
 
