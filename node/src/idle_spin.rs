@@ -158,15 +158,20 @@ fn run(shared: &Shared) {
         shared.spinning.store(true, Ordering::SeqCst);
         let mut counted = Instant::now();
         let mut until = counted + shared.window;
-        // Spin without a `pause` hint: on a virtual machine a loop of them can make the
-        // hypervisor take the CPU away, which is what the spinning is for avoiding.
+        // Spin without a `pause` hint: a hypervisor may take a loop of them for a virtual
+        // CPU waiting on a lock and run something else, and 16 per turn measured no better
+        // here (docs/benchmarks.md).
         loop {
             let notes = shared.notes.load(Ordering::Relaxed);
             let now = Instant::now();
+            if shared.stop.load(Ordering::Relaxed) {
+                count(shared, &mut counted, now);
+                break;
+            }
             if notes != seen {
                 seen = notes;
                 until = now + shared.window;
-            } else if now >= until || shared.stop.load(Ordering::Relaxed) {
+            } else if now >= until {
                 count(shared, &mut counted, now);
                 break;
             }
