@@ -262,11 +262,6 @@ mod tests {
         activity.note();
     }
 
-    #[test]
-    fn an_activity_without_a_spinner_notes_nothing() {
-        Activity::default().note();
-    }
-
     #[cfg(target_os = "linux")]
     #[test]
     fn the_spinner_runs_at_idle_priority() {
